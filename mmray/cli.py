@@ -1,0 +1,142 @@
+"""The ``mmray`` console script: one subcommand per stage.
+
+Exit status (DESIGN.md): 0 when everything succeeded, 3 when the job finished
+but some inputs failed (each listed), 1 when the job itself failed, 2 for a
+usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from mmray.errors import MmrayError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+
+log = logging.getLogger("mmray")
+
+
+def _add_address(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address (e.g. auto or ray://host:10001); default: start Ray locally")
+
+
+def init_ray(address: str | None, *, num_cpus: int | None = None) -> None:
+    """Connect to ``address`` or start an embedded local Ray (once per process)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+# --- synth ------------------------------------------------------------------
+
+
+def _setup_synth(sub) -> Callable[[argparse.Namespace], int]:
+    p = sub.add_parser("synth", help="write a synthetic cohort in real file formats",
+                       description="Write a synthetic multi-modal cohort (slides, CT + SEG, genomics, "
+                                   "clinical) with planted signal and a truth.json.")
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--patients", type=int, default=None, help="number of patients (default: the profile's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", choices=["tiny", "demo", "large"], default="tiny")
+    p.add_argument("--corrupt", type=int, default=0, metavar="K",
+                   help="write K deliberately broken inputs, listed in truth.json")
+    _add_address(p)
+    p.set_defaults(func=_run_synth)
+    return _run_synth
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from mmray.synth.cohort import write_cohort
+    from mmray.synth.profiles import get_profile
+
+    if get_profile(args.profile).use_ray or args.address:
+        init_ray(args.address)
+    result = write_cohort(args.out, patients=args.patients, seed=args.seed, profile=args.profile,
+                          corrupt=args.corrupt)
+    print(result.summary())
+    return EXIT_OK
+
+
+# --- validate ---------------------------------------------------------------
+
+
+def _setup_validate(sub) -> None:
+    p = sub.add_parser("validate", help="check a cohort.yaml and the files it names")
+    p.add_argument("--cohort", required=True, help="path or s3:// URI of cohort.yaml")
+    p.set_defaults(func=_run_validate)
+
+
+def _run_validate(args: argparse.Namespace) -> int:
+    from mmray.cohort import load_cohort
+
+    cohort = load_cohort(args.cohort)
+    manifest = cohort.manifest()
+    counts = manifest["modality"].value_counts().to_dict() if len(manifest) else {}
+    print(f"cohort {cohort.spec.name!r} is valid: parts {', '.join(cohort.modalities()) or 'none'}; "
+          f"manifest rows {len(manifest)} {counts}")
+    return EXIT_OK
+
+
+# --- demo -------------------------------------------------------------------
+
+
+def _setup_demo(sub) -> None:
+    p = sub.add_parser("demo", help="run every stage that exists on a synthetic cohort")
+    p.add_argument("--out", default="demo_out", help="work folder for the demo")
+    p.add_argument("--profile", choices=["tiny", "demo", "large"], default="demo")
+    p.add_argument("--patients", type=int, default=None)
+    p.add_argument("--seed", type=int, default=7)
+    _add_address(p)
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from mmray.demo import run_demo
+
+    init_ray(args.address)
+    return run_demo(out_dir=args.out, profile=args.profile, patients=args.patients, seed=args.seed)
+
+
+# --- entry point --------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmray", description="Multi-modal cancer ML on Ray.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _setup_synth(sub)
+    _setup_validate(sub)
+    _setup_demo(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return args.func(args)
+    except MmrayError as e:
+        print(f"mmray {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"mmray {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Size profiles for synthetic cohorts: ``tiny`` (tests), ``demo``, ``large``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mmray.errors import UnknownNameError
+
+
+@dataclass(frozen=True)
+class SynthProfile:
+    name: str
+    default_patients: int
+    # Slides: level-0 size, resolution, TIFF tile size and pyramid depth.
+    slide_width_px: int
+    slide_height_px: int
+    slide_mpp: float
+    slide_levels: int
+    slide_tile_px: int
+    p_wsi: float  # fraction of patients with at least one slide
+    p_two_slides: float  # of those, fraction with a second slide
+    # CT: in-plane matrix, number of slices, voxel spacing.
+    ct_matrix_px: int
+    ct_slices: int
+    ct_pixel_spacing_mm: float
+    ct_slice_thickness_mm: float
+    p_ct: float
+    # Genomics.
+    n_genes: int
+    p_expression: float
+    p_mutations: float
+    p_cnv: float
+    n_noise_signatures: int
+    n_pathways: int
+    # Whether writing fans out over Ray tasks.
+    use_ray: bool = False
+
+
+PROFILES: dict[str, SynthProfile] = {
+    "tiny": SynthProfile(
+        name="tiny", default_patients=8,
+        slide_width_px=2048, slide_height_px=1536, slide_mpp=0.5, slide_levels=3, slide_tile_px=256,
+        p_wsi=0.85, p_two_slides=0.25,
+        ct_matrix_px=64, ct_slices=24, ct_pixel_spacing_mm=3.0, ct_slice_thickness_mm=3.0, p_ct=0.85,
+        n_genes=300, p_expression=0.9, p_mutations=0.9, p_cnv=0.85,
+        n_noise_signatures=8, n_pathways=6,
+    ),
+    "demo": SynthProfile(
+        name="demo", default_patients=150,
+        slide_width_px=8192, slide_height_px=6144, slide_mpp=0.5, slide_levels=4, slide_tile_px=512,
+        p_wsi=0.8, p_two_slides=0.15,
+        ct_matrix_px=128, ct_slices=48, ct_pixel_spacing_mm=1.5, ct_slice_thickness_mm=2.5, p_ct=0.8,
+        n_genes=1000, p_expression=0.9, p_mutations=0.85, p_cnv=0.85,
+        n_noise_signatures=8, n_pathways=10,
+        use_ray=True,
+    ),
+    "large": SynthProfile(
+        name="large", default_patients=1000,
+        slide_width_px=16384, slide_height_px=12288, slide_mpp=0.25, slide_levels=5, slide_tile_px=512,
+        p_wsi=0.9, p_two_slides=0.2,
+        ct_matrix_px=256, ct_slices=96, ct_pixel_spacing_mm=0.8, ct_slice_thickness_mm=1.25, p_ct=0.85,
+        n_genes=5000, p_expression=0.95, p_mutations=0.9, p_cnv=0.9,
+        n_noise_signatures=8, n_pathways=40,
+        use_ray=True,
+    ),
+}
+
+
+def get_profile(name: str) -> SynthProfile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise UnknownNameError("profile", name, list(PROFILES)) from None

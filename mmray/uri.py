@@ -1,0 +1,92 @@
+"""Local paths and ``s3://`` URIs behind one small API (pyarrow.fs).
+
+S3 credentials and endpoint come from the usual AWS variables
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``) plus
+``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` for S3-compatible servers.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+
+def is_s3(uri: str | os.PathLike) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def join(base: str | os.PathLike, *parts: str) -> str:
+    """Join path parts onto a local path or an ``s3://`` URI."""
+    base = str(base)
+    if is_s3(base):
+        return posixpath.join(base, *parts)
+    return str(Path(base, *parts))
+
+
+def resolve(path: str, *, relative_to: str | os.PathLike) -> str:
+    """Resolve ``path`` against the folder ``relative_to`` unless it is absolute or a URI."""
+    if is_s3(path) or os.path.isabs(path):
+        return path
+    return join(relative_to, path)
+
+
+def parent(uri: str | os.PathLike) -> str:
+    uri = str(uri)
+    if is_s3(uri):
+        return posixpath.dirname(uri.rstrip("/"))
+    return str(Path(uri).resolve().parent)
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    """An S3 filesystem configured from the environment."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    kwargs: dict = {}
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs["endpoint_override"] = parsed.netloc or parsed.path
+        kwargs["scheme"] = parsed.scheme or "http"
+    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+    if region:
+        kwargs["region"] = region
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        kwargs["access_key"] = os.environ["AWS_ACCESS_KEY_ID"]
+        kwargs["secret_key"] = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+        if os.environ.get("AWS_SESSION_TOKEN"):
+            kwargs["session_token"] = os.environ["AWS_SESSION_TOKEN"]
+    return pafs.S3FileSystem(**kwargs)
+
+
+def filesystem(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """Return ``(filesystem, path inside it)`` for a local path or ``s3://`` URI."""
+    uri = str(uri)
+    if is_s3(uri):
+        return s3_filesystem(), uri[len("s3://"):]
+    return pafs.LocalFileSystem(), str(Path(uri).resolve())
+
+
+def exists(uri: str | os.PathLike) -> bool:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_bytes(uri: str | os.PathLike) -> bytes:
+    fs, path = filesystem(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
+    fs, path = filesystem(uri)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def open_input(uri: str | os.PathLike):
+    """A seekable binary file object (pandas and pyarrow readers accept it)."""
+    fs, path = filesystem(uri)
+    return fs.open_input_file(path)
