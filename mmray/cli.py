@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("highdicom", "pydicom", "radiomics"):  # per-file INFO chatter drowns the progress
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)
     except MmrayError as e:

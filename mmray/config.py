@@ -145,6 +145,8 @@ def config_hash(cfg: Any) -> str:
 
 
 def _join(path: str, key: str) -> str:
+    if not key:
+        return path
     return f"{path}.{key}" if path else key
 
 
@@ -250,6 +252,7 @@ def _convert_dataclass(cls: Any, value: Any, path: str, problems: list[tuple[str
             hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(fields)}"
             problems.append((_join(path, str(key)), f"unknown key{hint}"))
     kwargs = {}
+    n_before = len(problems)
     for name, field in fields.items():
         if name in value:
             kwargs[name] = _convert(hints[name], value[name], _join(path, name), problems)
@@ -265,7 +268,8 @@ def _convert_dataclass(cls: Any, value: Any, path: str, problems: list[tuple[str
             problems.append((path, str(e)))
         return None
     check = getattr(obj, "validate", None)
-    if callable(check):
+    # Cross-field checks only make sense once every field has the right type.
+    if callable(check) and len(problems) == n_before:
         for sub, msg in check():
             problems.append((_join(path, sub), msg))
     return obj

@@ -7,6 +7,7 @@ S3 credentials and endpoint come from the usual AWS variables
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 from pathlib import Path
@@ -90,3 +91,58 @@ def open_input(uri: str | os.PathLike):
     """A seekable binary file object (pandas and pyarrow readers accept it)."""
     fs, path = filesystem(uri)
     return fs.open_input_file(path)
+
+
+def s3_client():
+    """A boto3 S3 client with the same endpoint and credentials as :func:`s3_filesystem`."""
+    import boto3
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return boto3.client("s3", endpoint_url=endpoint or None)
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    return bucket, key
+
+
+def checksum(uri: str | os.PathLike, *, chunk_bytes: int = 8 << 20) -> dict:
+    """Identify one file's content for lineage.
+
+    Returns ``{"uri", "size_bytes", "sha256"}`` for a local file (the sha256
+    of its bytes) or ``{"uri", "size_bytes", "etag"}`` for an ``s3://``
+    object (the ETag the server reports; hashing would mean downloading it).
+    Raises ``FileNotFoundError`` when the file does not exist.
+    """
+    uri = str(uri)
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        try:
+            head = s3_client().head_object(Bucket=bucket, Key=key)
+        except Exception as e:  # botocore ClientError: 404/403
+            code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchKey", "NotFound"):
+                raise FileNotFoundError(uri) from e
+            raise
+        return {"uri": uri, "size_bytes": int(head["ContentLength"]),
+                "etag": head["ETag"].strip('"')}
+    path = Path(uri).resolve()
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return {"uri": str(path), "size_bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def list_files(uri: str | os.PathLike) -> list[str]:
+    """Every file under a folder (recursively, sorted), as URIs like ``uri``; ``[uri]`` for a file."""
+    uri = str(uri)
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(uri)
+    if info.type != pafs.FileType.Directory:
+        return [uri]
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    rels = sorted(posixpath.relpath(i.path, path) for i in infos if i.type == pafs.FileType.File)
+    return [join(uri, rel) for rel in rels]

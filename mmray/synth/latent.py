@@ -112,12 +112,16 @@ class Patient:
 
     @property
     def biopsy_date(self) -> dt.date:
-        return self.diagnosis_date + dt.timedelta(days=self.index % 10)
+        """The diagnostic biopsy (slides, sequencing) establishes the diagnosis."""
+        return self.diagnosis_date
 
     @property
     def index_date(self) -> dt.date:
-        """Prediction time: 30 days after diagnosis, after imaging and biopsy."""
-        return self.diagnosis_date + dt.timedelta(days=30)
+        """Prediction time: the diagnosis date, after imaging and biopsy.
+
+        Survival time counts from here, so no patient dies before it.
+        """
+        return self.diagnosis_date
 
 
 def _mutation_factor(mutations: dict[str, bool], cnv: dict[str, int]) -> float:

@@ -1,0 +1,217 @@
+"""Writing one version: allocate an id, write parts, commit (manifest last).
+
+Commit order makes a version visible only when complete: data files, then the
+bag index (bag groups), then ``_manifest.json`` (this commits the version),
+then the ``_latest.json`` pointer. A writer that dies before the manifest
+leaves a partial folder that readers ignore and ``FeatureStore.gc`` removes.
+
+One writer per group at a time is the supported use; two concurrent writers
+are detected (best effort) through the ``_writer.json`` token and the loser
+gets a :class:`~mmray.errors.StoreError` instead of a mixed version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import posixpath
+import socket
+import uuid
+from collections import Counter
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from mmray.errors import StoreError
+from mmray.store import fsio, layout, manifest as manifest_mod, parts as parts_mod
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+def allocate(fs: pafs.FileSystem, root: str, group: str) -> tuple[str, str]:
+    """Reserve the next version id of ``group``; returns ``(version, writer token)``."""
+    gdir = layout.group_dir(root, group)
+    numbers = [layout.version_number(d) for d in fsio.subdirs(fs, gdir)]
+    n = max([x for x in numbers if x is not None], default=0) + 1
+    token = uuid.uuid4().hex
+    for _ in range(20):
+        version = layout.version_id(n)
+        vdir = layout.version_dir(root, group, version)
+        wpath = posixpath.join(vdir, layout.WRITER)
+        if not fsio.exists(fs, wpath) and not fsio.exists(fs, posixpath.join(vdir, layout.MANIFEST)):
+            fsio.put_json(fs, wpath, {"token": token, "host": socket.gethostname(),
+                                      "pid": os.getpid(), "started_utc": _now()})
+            if fsio.get_json(fs, wpath).get("token") == token:
+                return version, token
+        n += 1
+    raise StoreError(f"group {group!r}: could not reserve a new version under {gdir} "
+                     f"(another writer keeps taking them?)")
+
+
+def commit(fs: pafs.FileSystem, root: str, *, group: str, version: str, token: str, kind: str,
+           bag_key: str | None, parts: list[dict], sources: list[dict], params: dict) -> dict:
+    """Write the bag index, the manifest, then the latest pointer. Returns the manifest."""
+    where = f"group {group!r} version {version}"
+    if not parts:
+        raise StoreError(f"{where}: nothing was written, so nothing is committed; a version "
+                         f"needs at least one row")
+    names = [p["path"] for p in parts]
+    if len(set(names)) != len(names):
+        raise StoreError(f"{where}: part files written twice: "
+                         f"{sorted({n for n in names if names.count(n) > 1})}")
+    schema = manifest_mod.unify(parts, where=where)
+    vdir = layout.version_dir(root, group, version)
+    num_bags = None
+    if kind == "bag":
+        index = bag_index(parts, bag_key=bag_key, where=where)
+        num_bags = len(set(index["bag_id"].to_pylist()))
+        with fs.open_output_stream(posixpath.join(vdir, layout.BAG_INDEX)) as f:
+            pq.write_table(index, f)
+    man = manifest_mod.build(group=group, version=version, kind=kind, bag_key=bag_key,
+                             parts=parts, sources=sources, params=params, num_bags=num_bags,
+                             schema=schema)
+    wpath = posixpath.join(vdir, layout.WRITER)
+    try:
+        holder = fsio.get_json(fs, wpath).get("token")
+    except (FileNotFoundError, OSError, ValueError):
+        holder = None
+    if holder != token:
+        raise StoreError(f"{where}: another writer took over {vdir} (writer token changed); "
+                         f"nothing committed; write again")
+    fsio.put_json(fs, layout.manifest_path(root, group, version), man)
+    _advance_latest(fs, root, group, version)
+    try:
+        fs.delete_file(wpath)
+    except OSError:
+        pass  # harmless: the manifest already commits the version
+    return man
+
+
+def _advance_latest(fs: pafs.FileSystem, root: str, group: str, version: str) -> None:
+    """Point ``latest`` at ``version`` unless it already names a newer committed version."""
+    path = layout.latest_path(root, group)
+    try:
+        current = fsio.get_json(fs, path).get("version")
+    except (FileNotFoundError, OSError, ValueError):
+        current = None
+    cur_n = layout.version_number(current) if current else None
+    if cur_n is not None and cur_n > layout.version_number(version) and fsio.exists(
+            fs, layout.manifest_path(root, group, current)):
+        return
+    write_latest(fs, root, group, version)
+
+
+def write_latest(fs: pafs.FileSystem, root: str, group: str, version: str) -> None:
+    fsio.put_json(fs, layout.latest_path(root, group), {"version": version, "updated_utc": _now()})
+
+
+def bag_index(parts: list[dict], *, bag_key: str, where: str) -> pa.Table:
+    """One row per (bag, file, row group); checks each bag has one patient and time."""
+    rows = [b for p in parts for b in p["bags"]]
+    df = pd.DataFrame(rows, columns=["bag_id", "patient_id", "event_time", "path",
+                                     "row_group", "num_rows"])
+    per_bag = df.groupby("bag_id")[["patient_id", "event_time"]].nunique()
+    bad = per_bag[(per_bag["patient_id"] > 1) | (per_bag["event_time"] > 1)]
+    if len(bad):
+        raise StoreError(f"{where}: {bag_key} {list(bad.index[:5])} appear with different "
+                         f"patient_id or event_time in different parts; one bag belongs to one "
+                         f"patient at one time")
+    df = df.sort_values(["bag_id", "path", "row_group"], kind="stable")
+    return pa.table({
+        "bag_id": pa.array(df["bag_id"].astype(str).tolist(), pa.string()),
+        "patient_id": pa.array(df["patient_id"].tolist(), pa.string()),
+        "event_time": pa.array(df["event_time"].tolist(), pa.timestamp("us", tz="UTC")),
+        "path": pa.array(df["path"].tolist(), pa.string()),
+        "row_group": pa.array(df["row_group"].tolist(), pa.int32()),
+        "num_rows": pa.array(df["num_rows"].tolist(), pa.int64()),
+    })
+
+
+class VersionWriter:
+    """Streams parts into one new version; use as a context manager.
+
+    ``with store.open_version("tiles", kind="bag", bag_key="slide_id") as v:
+    v.write_part(df, part_name="slide-001")`` commits on a clean exit; on an
+    exception nothing becomes visible (the partial folder is removed, best effort).
+    """
+
+    def __init__(self, fs: pafs.FileSystem, root: str, *, group: str, kind: str,
+                 bag_key: str | None, sources: list[dict], params: dict):
+        self._fs, self._root = fs, root
+        self.group, self.kind, self.bag_key = group, kind, bag_key
+        self._sources, self._params = sources, params
+        self.version, self._token = allocate(fs, root, group)
+        self._parts: list[dict] = []
+        self._keys: set[tuple[str, int]] = set()
+        self._state = "open"
+        self.manifest: dict | None = None
+
+    @property
+    def where(self) -> str:
+        return f"group {self.group!r} version {self.version}"
+
+    def write_part(self, data, *, part_name: str | None = None) -> dict:
+        """Write a DataFrame/Table as one Parquet part; returns ``{"path", "num_rows"}``."""
+        if self._state != "open":
+            raise StoreError(f"{self.where}: the writer is {self._state}; open a new version")
+        name = part_name or f"part-{len(self._parts):05d}"
+        where = f"{self.where}, part {name!r}"
+        if any(p["path"] == f"{name}.parquet" for p in self._parts):
+            raise StoreError(f"{where}: a part with this name was already written")
+        table = parts_mod.prepare(data, bag_key=self.bag_key, where=where)
+        if self.kind == "table":
+            self._check_unique(table, where=where)
+        record = parts_mod.write_part(self._fs, layout.version_dir(self._root, self.group,
+                                                                   self.version),
+                                      table, part_name=name, bag_key=self.bag_key, where=where)
+        self._parts.append(record)
+        return {"path": record["path"], "num_rows": record["num_rows"]}
+
+    def _check_unique(self, table: pa.Table, *, where: str) -> None:
+        new = list(zip(table["patient_id"].to_pylist(),
+                       table["event_time"].cast(pa.int64()).to_pylist()))
+        counts = Counter(new)
+        dup = next((k for k, c in counts.items() if c > 1 or k in self._keys), None)
+        if dup is not None:
+            pid, t = dup
+            raise StoreError(
+                f"{where}: duplicate key (patient_id={pid!r}, event_time="
+                f"{pd.Timestamp(t, unit='us', tz='UTC')}); a table group holds one row per "
+                f"patient and time (use a bag group for many rows per key)")
+        self._keys.update(counts)
+
+    def commit(self) -> str:
+        if self._state != "open":
+            raise StoreError(f"{self.where}: the writer is {self._state}")
+        self.manifest = commit(self._fs, self._root, group=self.group, version=self.version,
+                               token=self._token, kind=self.kind, bag_key=self.bag_key,
+                               parts=self._parts, sources=self._sources, params=self._params)
+        self._state = "committed"
+        return self.version
+
+    def abort(self) -> None:
+        """Discard the version: remove its folder (best effort; ``gc`` finishes the job)."""
+        if self._state == "committed":
+            return
+        self._state = "aborted"
+        try:
+            self._fs.delete_dir(layout.version_dir(self._root, self.group, self.version))
+        except OSError:
+            pass
+
+    def __enter__(self) -> "VersionWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            try:
+                self.commit()
+            except BaseException:
+                self.abort()
+                raise
+        else:
+            self.abort()
