@@ -89,6 +89,89 @@ def _run_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- ingest -----------------------------------------------------------------
+
+
+def _setup_ingest(sub) -> None:
+    p = sub.add_parser("ingest", help="run a cohort's modalities into the feature store",
+                       description="Ingest every modality of a cohort (clinical, expression, mutations, cnv, "
+                                   "wsi, ct) into versioned feature groups; failed inputs go to the failures "
+                                   "table and the exit status is 3.")
+    p.add_argument("--cohort", required=True, help="cohort.yaml (path or s3:// URI)")
+    p.add_argument("--store", required=True, help="feature store folder or s3://bucket/prefix")
+    p.add_argument("--modalities", default="", help="comma-separated subset, e.g. wsi,ct (default: all present)")
+    p.add_argument("--config", default=None, help="ingest YAML (see ray_jobs/configs/ingest.yaml)")
+    p.add_argument("--force", action="store_true", help="recompute what the store already holds")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. wsi.target_mpp=1.0")
+    _add_address(p)
+    p.set_defaults(func=_run_ingest)
+
+
+def _run_ingest(args: argparse.Namespace) -> int:
+    from mmray.config import load_config
+    from mmray.ingest.report import summarise
+    from mmray.ingest.run import IngestConfig, run_ingest
+
+    overrides = [f"cohort={args.cohort}", f"store={args.store}", *args.overrides]
+    if args.modalities:
+        overrides.append(f"modalities=[{args.modalities}]")
+    if args.force:
+        overrides.append("force=true")
+    cfg = load_config(IngestConfig, args.config, overrides)
+    init_ray(args.address)
+    reports = run_ingest(cfg)
+    print(summarise(reports))
+    return EXIT_PARTIAL if any(r.failures for r in reports) else EXIT_OK
+
+
+# --- store ------------------------------------------------------------------
+
+
+def _setup_store(sub) -> None:
+    p = sub.add_parser("store", help="list feature groups, versions and lineage")
+    ssub = p.add_subparsers(dest="store_command", metavar="ACTION")
+    ssub.required = True
+    ls = ssub.add_parser("ls", help="groups with their versions and row counts")
+    ls.add_argument("uri", help="feature store folder or s3://bucket/prefix")
+    ls.set_defaults(func=_run_store_ls)
+    show = ssub.add_parser("show", help="one group's manifest: lineage, parameters, schema")
+    show.add_argument("uri")
+    show.add_argument("group", help="GROUP or GROUP@VERSION")
+    show.set_defaults(func=_run_store_show)
+    fail = ssub.add_parser("failures", help="inputs that failed, with the reason")
+    fail.add_argument("uri")
+    fail.add_argument("--stage", default=None)
+    fail.set_defaults(func=_run_store_failures)
+
+
+def _run_store_ls(args: argparse.Namespace) -> int:
+    from mmray.store import FeatureStore
+    from mmray.store.describe import describe_groups
+
+    print(describe_groups(FeatureStore(args.uri)))
+    return EXIT_OK
+
+
+def _run_store_show(args: argparse.Namespace) -> int:
+    from mmray.store import FeatureStore
+    from mmray.store.describe import describe_manifest
+
+    group, _, version = args.group.partition("@")
+    print(describe_manifest(FeatureStore(args.uri), group, version=version or None))
+    return EXIT_OK
+
+
+def _run_store_failures(args: argparse.Namespace) -> int:
+    from mmray.store import FeatureStore
+
+    table = FeatureStore(args.uri).failures(args.stage)
+    if table.empty:
+        print("no failures recorded")
+    else:
+        print(table[["stage", "patient_id", "item", "reason", "recorded_utc"]].to_string(index=False))
+    return EXIT_OK
+
+
 # --- demo -------------------------------------------------------------------
 
 
@@ -119,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _setup_synth(sub)
     _setup_validate(sub)
+    _setup_ingest(sub)
+    _setup_store(sub)
     _setup_demo(sub)
     return parser
 

@@ -17,6 +17,10 @@ import pyarrow.compute as pc
 from mmray.errors import StoreError
 
 EVENT_TIME_TYPE = pa.timestamp("us", tz="UTC")
+# Event time of features whose source carries no date (a slide without an
+# acquisition date, an expression matrix): before any label time, so the
+# point-in-time join always admits them.
+UNDATED = pd.Timestamp("1970-01-01", tz="UTC")
 
 
 def to_arrow(data, *, where: str) -> pa.Table:
