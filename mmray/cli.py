@@ -110,7 +110,7 @@ def _setup_ingest(sub) -> None:
 def _run_ingest(args: argparse.Namespace) -> int:
     from mmray.config import load_config
     from mmray.ingest.report import summarise
-    from mmray.ingest.run import IngestConfig, run_ingest
+    from mmray.ingest.run import IngestConfig, needs_ray, run_ingest
 
     overrides = [f"cohort={args.cohort}", f"store={args.store}", *args.overrides]
     if args.modalities:
@@ -118,7 +118,8 @@ def _run_ingest(args: argparse.Namespace) -> int:
     if args.force:
         overrides.append("force=true")
     cfg = load_config(IngestConfig, args.config, overrides)
-    init_ray(args.address)
+    if args.address or needs_ray(cfg):  # tables alone run in-process: no cluster to start
+        init_ray(args.address)
     reports = run_ingest(cfg)
     print(summarise(reports))
     return EXIT_PARTIAL if any(r.failures for r in reports) else EXIT_OK
@@ -172,6 +173,73 @@ def _run_store_failures(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- signatures -------------------------------------------------------------
+
+
+def _setup_signatures(sub) -> None:
+    p = sub.add_parser("signatures", help="train, gate and register one survival model per gene signature",
+                       description="Train one penalised Cox model per GMT signature (plus ALL_GENES) as "
+                                   "parallel Ray tasks on shared folds, gate each on its cross-validated "
+                                   "C-index and register the passing ones in MLflow; resumes finished work.")
+    p.add_argument("--cohort", required=True, help="cohort.yaml (its `signatures` GMT is used)")
+    p.add_argument("--store", required=True, help="feature store with labels and expression groups")
+    p.add_argument("--only", default="", help="comma-separated signature names (ALL_GENES for all genes)")
+    p.add_argument("--gmt", default=None, help="a GMT file instead of the cohort's")
+    p.add_argument("--config", default=None, help="signatures YAML (see ray_jobs/configs/signatures.yaml)")
+    p.add_argument("--force", action="store_true", help="retrain signatures that already have a finished run")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. registry.gate.threshold=0.6")
+    _add_address(p)
+    p.set_defaults(func=_run_signatures)
+
+
+def _run_signatures(args: argparse.Namespace) -> int:
+    from mmray.config import load_config
+    from mmray.registry.signatures import SignaturesConfig, run_signatures
+
+    overrides = [f"cohort={args.cohort}", f"store={args.store}", *args.overrides]
+    if args.only:
+        overrides.append(f"only=[{args.only}]")
+    if args.gmt:
+        overrides.append(f"gmt={args.gmt}")
+    if args.force:
+        overrides.append("force=true")
+    cfg = load_config(SignaturesConfig, args.config, overrides)
+    init_ray(args.address)
+    report = run_signatures(cfg)
+    print(report.table())
+    return report.exit_code
+
+
+# --- serve --------------------------------------------------------------------
+
+
+def _setup_serve(sub) -> None:
+    p = sub.add_parser("serve", help="serve registered models over HTTP (Ray Serve, multiplexed)",
+                       description="Start the Ray Serve application that hosts every registered model holding "
+                                   "the serving alias (champion): POST /v1/predict, GET /v1/models, /healthz.")
+    p.add_argument("--store", default=None, help="local feature store whose registry (<store>/_mlflow) to serve")
+    p.add_argument("--config", default=None, help="serve YAML (see ray_jobs/configs/serve.yaml)")
+    p.add_argument("--host", default=None, help="HTTP host (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="HTTP port (default 8000)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_models_per_replica=32")
+    _add_address(p)
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from mmray.config import load_config
+    from mmray.serve.app import run_serve
+    from mmray.serve.config import ServeConfig
+
+    overrides = list(args.overrides)
+    for key in ("store", "host", "port"):
+        if getattr(args, key) is not None:
+            overrides.append(f"{key}={getattr(args, key)}")
+    cfg = load_config(ServeConfig, args.config, overrides)
+    init_ray(args.address)
+    return run_serve(cfg, local=args.address is None)
+
+
 # --- demo -------------------------------------------------------------------
 
 
@@ -204,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     _setup_validate(sub)
     _setup_ingest(sub)
     _setup_store(sub)
+    _setup_signatures(sub)
+    _setup_serve(sub)
     _setup_demo(sub)
     return parser
 

@@ -77,3 +77,12 @@ class UnknownNameError(MmrayError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return self.args[0]
+
+
+class DataError(MmrayError, ValueError):
+    """Arrays handed to a model, loss, metric or preprocessor break its contract.
+
+    Raised at the boundary (wrong shapes, NaN, non-positive times, no events,
+    labels unseen in training) with what was expected, what came, and how to
+    fix it.  Also a ``ValueError`` so generic callers can catch it.
+    """

@@ -39,6 +39,8 @@ INGESTERS: dict[str, str] = {
     "wsi": "mmray.ingest.wsi:ingest_wsi",
     "ct": "mmray.ingest.ct:ingest_ct",
 }
+# Modalities whose ingesters use Ray (tasks, actor pools); the table ingesters run in-process.
+RAY_MODALITIES = ("wsi", "ct")
 # Which section of the ingest YAML configures each modality.
 CONFIG_SECTION = {"clinical": "tables", "expression": "tables", "mutations": "tables", "cnv": "tables",
                   "wsi": "wsi", "ct": "ct"}
@@ -111,6 +113,12 @@ def plan(cfg: IngestConfig, cohort: Cohort) -> list[tuple[str, Callable, Any]]:
     return steps
 
 
+def needs_ray(cfg: IngestConfig) -> bool:
+    """Whether the modalities this job would run need a Ray cluster (tables alone do not)."""
+    wanted = cfg.modalities or tuple(load_cohort(cfg.cohort).modalities())
+    return any(m in RAY_MODALITIES for m in wanted)
+
+
 def run_ingest(cfg: IngestConfig, *, patient_key: Callable[[str], str] | None = None,
                progress: Callable[[str], None] = print) -> list[ModalityReport]:
     """Ingest the requested modalities; failures go to the store's failures table."""
@@ -129,7 +137,7 @@ def run_ingest(cfg: IngestConfig, *, patient_key: Callable[[str], str] | None = 
         report = fn(ctx)
         report.seconds = time.perf_counter() - start
         if report.failures:
-            store.record_failures(f"ingest.{modality}", report.failures)
+            store.record_failures(f"ingest-{modality}", report.failures)  # stage names allow no "."
         progress(f"    {report.one_line()}")
         reports.append(report)
     return reports

@@ -35,12 +35,14 @@ STAGE_PROBS = (0.35, 0.3, 0.25, 0.1)
 SITES = ("05", "38", "44", "55")  # TCGA tissue-source-site style codes
 SITE_PROBS = (0.35, 0.25, 0.25, 0.15)
 
-# Log-hazard weights of each modality's standardised risk factor.
-W_CLINICAL = 0.45
-W_EXPRESSION = 0.55
-W_MUTATION = 0.45
-W_CT = 0.5
-W_WSI = 0.55
+# Log-hazard weights of each modality's standardised risk factor.  With these,
+# the oracle C-index is about 0.8 and each modality's own factor about 0.6-0.65,
+# so fusing modalities has real headroom over the best single one.
+W_CLINICAL = 0.7
+W_EXPRESSION = 0.8
+W_MUTATION = 0.65
+W_CT = 0.75
+W_WSI = 0.8
 
 # Driver mutations: gene -> (prevalence, log-hazard effect when mutated).
 DRIVER_MUTATIONS: dict[str, tuple[float, float]] = {

@@ -1,0 +1,96 @@
+"""Cross-validation folds: stratified by event (and site), grouped by patient, seeded.
+
+``make_folds`` returns one row per patient, ``(patient_id, fold)``, ready to
+be saved as the store's ``folds`` group so every model trains on the same
+splits.  Patients, not rows, are split: a patient with several label rows
+lands in exactly one fold (``StratifiedGroupKFold``).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from mmray.errors import DataError
+
+_TCGA = re.compile(r"^TCGA-([A-Z0-9]{2})-[A-Z0-9]{4}")
+
+
+def site_from_barcode(patient_id: str) -> str | None:
+    """TCGA tissue-source site (``TCGA-05-1000`` -> ``05``); None for other ids."""
+    m = _TCGA.match(str(patient_id))
+    return m.group(1) if m else None
+
+
+def _sites(patients: pd.DataFrame, site_col: str | None, patient_col: str) -> pd.Series | None:
+    if site_col is None:
+        return None
+    if site_col != "auto":
+        if site_col not in patients.columns:
+            raise DataError(f"site column {site_col!r} not in the table; columns: {list(patients.columns)[:20]}")
+        return patients[site_col].astype(str)
+    for c in ("site", "clinical__site", "tissue_source_site", "clinical__tissue_source_site"):
+        if c in patients.columns:
+            return patients[c].astype(str)
+    sites = patients[patient_col].map(site_from_barcode)
+    return sites if sites.notna().all() else None
+
+
+def make_folds(table: pd.DataFrame, *, n_folds: int = 5, seed: int = 0, patient_col: str = "patient_id",
+               event_col: str = "event", site_col: str | None = "auto") -> pd.DataFrame:
+    """Assign every patient of ``table`` to one of ``n_folds`` folds.
+
+    Stratified by event (a patient's event is True if any of its rows has
+    one) crossed with site when there is one (``site_col``: a column name,
+    ``"auto"`` = a ``site``-like column or the TCGA barcode's TSS code, or
+    None).  Strata too small to spread over every fold fall back to the event
+    alone.  Returns ``DataFrame[patient_id, fold]`` sorted by patient.
+    """
+    for c in (patient_col, event_col):
+        if c not in table.columns:
+            raise DataError(f"make_folds needs column {c!r}; the table has {list(table.columns)[:20]}")
+    if table[patient_col].isna().any():
+        raise DataError(f"{int(table[patient_col].isna().sum())} row(s) without {patient_col}")
+    ev = table[event_col]
+    if ev.isna().any():
+        raise DataError(f"{int(ev.isna().sum())} row(s) with a missing {event_col}; drop them before splitting")
+    rows = table.assign(_event=ev.astype(bool))
+    first = rows.groupby(patient_col, sort=True).first()
+    patients = first.reset_index()
+    patients["_event"] = rows.groupby(patient_col, sort=True)["_event"].any().to_numpy()
+    n = len(patients)
+    if n_folds < 2:
+        raise DataError(f"n_folds must be >= 2, got {n_folds}")
+    if n < n_folds:
+        raise DataError(f"{n} patients cannot fill {n_folds} folds")
+    strata = patients["_event"].map({True: "event", False: "censored"})
+    sites = _sites(patients, site_col, patient_col)
+    if sites is not None:
+        crossed = strata + "|" + sites
+        counts = crossed.map(crossed.value_counts())
+        strata = crossed.where(counts >= n_folds, strata + "|other")
+        small = strata.map(strata.value_counts()) < n_folds
+        strata = strata.where(~small, patients["_event"].map({True: "event", False: "censored"}))
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    fold = np.full(n, -1, dtype=int)
+    ids = patients[patient_col].to_numpy()
+    for k, (_, val) in enumerate(splitter.split(np.zeros(n), strata.to_numpy(), groups=ids)):
+        fold[val] = k
+    return pd.DataFrame({patient_col: ids, "fold": fold})
+
+
+def split(table: pd.DataFrame, folds: pd.DataFrame, *, fold: int,
+          patient_col: str = "patient_id") -> tuple[np.ndarray, np.ndarray]:
+    """Row positions ``(train, val)`` of ``table`` for ``fold``; every patient must have a fold."""
+    if fold not in set(folds["fold"]):
+        raise DataError(f"fold {fold} not in folds {sorted(set(folds['fold']))}")
+    mapping = folds.set_index(patient_col)["fold"]
+    f = table[patient_col].map(mapping)
+    if f.isna().any():
+        missing = table.loc[f.isna(), patient_col].unique()[:5].tolist()
+        raise DataError(f"{int(f.isna().sum())} row(s) have no fold, e.g. patients {missing}; remake the folds")
+    f = f.to_numpy()
+    return np.flatnonzero(f != fold), np.flatnonzero(f == fold)
