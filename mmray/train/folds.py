@@ -94,3 +94,66 @@ def split(table: pd.DataFrame, folds: pd.DataFrame, *, fold: int,
         raise DataError(f"{int(f.isna().sum())} row(s) have no fold, e.g. patients {missing}; remake the folds")
     f = f.to_numpy()
     return np.flatnonzero(f != fold), np.flatnonzero(f == fold)
+
+
+FOLDS_GROUP = "folds"
+
+
+def _folds_cover(folds: pd.DataFrame, patients, n_folds: int) -> bool:
+    return set(map(str, patients)) <= set(folds["patient_id"].astype(str)) and folds["fold"].nunique() == n_folds
+
+
+def load_or_make_folds(store, labels: pd.DataFrame, n_folds: int = 5, seed: int = 0, *,
+                       labels_group: str = "labels", labels_version: str | None = None,
+                       group: str = FOLDS_GROUP) -> tuple[pd.DataFrame, str]:
+    """The store's saved folds for these labels, made and saved when none fit; ``(folds, version)``.
+
+    Every model (CV runner, tuner, signature fan-out) calls this, so all of
+    them score on the same splits.  A saved version of ``group`` is reused
+    when its params match (``n_folds``, ``seed``, ``labels_group``,
+    ``labels_version``; the newest matching version wins) and it assigns a
+    fold to every patient of ``labels``; otherwise :func:`make_folds` runs on
+    ``labels`` (patients without an event value are stratified as censored)
+    and a new version ``patient_id, event_time, fold`` is written.
+    ``labels_version`` defaults to the latest version of ``labels_group``.
+    Returns ``DataFrame[patient_id, event_time, fold]``.
+    """
+    if labels_version is None:
+        labels_version = store.latest(labels_group)
+    want = {"n_folds": int(n_folds), "seed": int(seed), "labels_group": labels_group,
+            "labels_version": labels_version}
+    patients = labels["patient_id"].astype(str).unique()
+    for version in reversed(store.versions(group)):
+        params = store.manifest(group, version=version).get("params", {})
+        if all(params.get(k) == v for k, v in want.items()):
+            folds = store.read_table(group, version=version)
+            if _folds_cover(folds, patients, n_folds):
+                return folds, version
+    rows = labels.assign(event=labels["event"].fillna(False).astype(bool)) if "event" in labels else \
+        labels.assign(event=False)
+    folds = make_folds(rows, n_folds=n_folds, seed=seed)
+    if "event_time" in labels.columns:
+        times = labels.assign(patient_id=labels["patient_id"].astype(str)).groupby("patient_id")["event_time"].min()
+        folds["event_time"] = folds["patient_id"].astype(str).map(times).to_numpy()
+    else:
+        folds["event_time"] = pd.Timestamp("1970-01-01", tz="UTC")
+    version = store.write_table(group, folds[["patient_id", "event_time", "fold"]],
+                                params={**want, "made_by": "mmray.train.folds.make_folds"})
+    return store.read_table(group, version=version), version
+
+
+def inner_split(table: pd.DataFrame, *, val_fraction: float = 0.2, seed: int = 0, patient_col: str = "patient_id",
+                event_col: str = "event") -> tuple[np.ndarray, np.ndarray]:
+    """Row positions ``(fit, val)`` of a training fold: a patient-grouped, event-stratified inner split.
+
+    The validation part (early stopping, model selection) comes from the
+    training fold only, never from the test fold.  ``val_fraction`` is
+    rounded to one of ``1/k`` folds (``k >= 2``).
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    k = max(2, int(round(1.0 / val_fraction)))
+    rows = table.assign(**{event_col: table[event_col].fillna(False).astype(bool)}) if event_col in table \
+        else table.assign(**{event_col: False})
+    inner = make_folds(rows, n_folds=k, seed=seed, patient_col=patient_col, event_col=event_col, site_col=None)
+    return split(table, inner, fold=0, patient_col=patient_col)

@@ -1,0 +1,211 @@
+"""The Ray Serve application: FastAPI ingress + multiplexed registered models.
+
+Routes (see :mod:`mmray.serve.schemas` for the bodies)::
+
+    POST /v1/predict   risk scores (+ survival curves) from one registered model
+    GET  /v1/models    servable models: name, version, features, metrics
+    GET  /v1/stats     this replica's counters: requests, model loads, hit rate, loaded models
+    GET  /healthz      liveness (never needs the token)
+
+One deployment, ``MmrayModels``, is the ingress and holds the models: its
+``get_model`` is ``@serve.multiplexed(max_num_models_per_replica=N)``, so each
+replica keeps at most N models, evicts the least recently used, and Serve
+routes a request carrying the ``serve_multiplexed_model_id`` header to a
+replica that already holds that model. A request naming the model only in
+the body is served by whichever replica gets it (loading the model there).
+Logs carry model names, versions, counts and latencies, never inputs.
+"""
+
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from mmray.serve.config import ServeConfig, token_digest
+
+log = logging.getLogger("mmray.serve")
+DEPLOYMENT = "MmrayModels"
+
+
+def _json(status: int, body: dict, headers: dict | None = None):
+    return JSONResponse(status_code=status, content=body, headers=headers)
+
+
+def build_app(cfg: ServeConfig, *, tracking_uri: str):
+    """The bound Serve application (pass it to ``serve.run``)."""
+    from ray import serve
+
+    from mmray.serve.models import Catalog
+    from mmray.serve.schemas import MODEL_HEADER, ApiError, model_id, parse_body, parse_inputs, prediction_body
+
+    api = FastAPI(title="mmray", version="1", docs_url=None, redoc_url=None, openapi_url=None)
+    max_models = cfg.max_models_per_replica  # the class below must not capture cfg (it may hold the token)
+
+    @serve.ingress(api)
+    class MmrayModels:
+        def __init__(self, *, tracking_uri: str, alias: str, prefix: str, token_sha256: str | None,
+                     alias_refresh_s: float, list_cache_s: float, max_instances: int, max_models: int):
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
+            self.catalog = Catalog(tracking_uri=tracking_uri, alias=alias, prefix=prefix,
+                                   alias_refresh_s=alias_refresh_s, list_cache_s=list_cache_s)
+            self.token_sha256 = token_sha256
+            self.max_instances, self.max_models = max_instances, max_models
+            self.requests = 0
+            self.loads = 0
+            self.load_counts: dict[str, int] = {}
+            self.slots: dict = {}
+            self._swap_lock = asyncio.Lock()
+            ctx = serve.get_replica_context()
+            self.replica = getattr(ctx, "replica_tag", None) or str(getattr(ctx, "replica_id", "replica"))
+
+        # ------------------------------------------------------------ models
+        @serve.multiplexed(max_num_models_per_replica=max_models)
+        async def get_model(self, name: str):
+            version = await asyncio.to_thread(self.catalog.resolve, name)
+            if version is None:
+                raise ApiError(404, "unknown_model", f"no servable model {name!r} (registered, with alias "
+                                                     f"'{self.catalog.alias}'); GET /v1/models lists them")
+            slot = await asyncio.to_thread(self.catalog.load, name, version)
+            self._count_load(name)
+            self.slots[name] = slot
+            return slot
+
+        def _count_load(self, name: str) -> None:
+            self.loads += 1
+            self.load_counts[name] = self.load_counts.get(name, 0) + 1
+
+        async def _model(self, name: str):
+            # Resolve name@alias first (cached; refreshed every alias_refresh_s), so an unknown
+            # name is a 404 before the cache evicts another model to make room for it.
+            hit = self.catalog.cached_version(name)
+            current = hit.version if hit is not None else await asyncio.to_thread(self.catalog.resolve, name)
+            if current is None:
+                raise ApiError(404, "unknown_model", f"no servable model {name!r}; GET /v1/models lists them")
+            slot = await self.get_model(name)
+            if current != slot.version:  # a new champion: swap it in place
+                async with self._swap_lock:
+                    if current != slot.version:
+                        fresh = await asyncio.to_thread(self.catalog.load, name, current)
+                        slot.version, slot.model = fresh.version, fresh.model
+                        self._count_load(name)
+            return slot
+
+        def _auth(self, request: Request) -> None:
+            if self.token_sha256 is None:
+                return
+            header = request.headers.get("authorization", "")
+            scheme, _, token = header.partition(" ")
+            given = hashlib.sha256(token.strip().encode()).hexdigest()
+            if scheme.lower() != "bearer" or not token or not hmac.compare_digest(given, self.token_sha256):
+                raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <token>' with the serving token")
+
+        # ------------------------------------------------------------ routes
+        @api.post("/v1/predict")
+        async def predict(self, request: Request):
+            start = time.perf_counter()
+            name = None
+            try:
+                self._auth(request)
+                body = parse_body(await request.body())
+                name = model_id(request.headers.get(MODEL_HEADER) or serve.get_multiplexed_model_id(), body)
+                slot = await self._model(name)
+                self.requests += 1
+                x = parse_inputs(body, slot.model.features, max_instances=self.max_instances)
+                risk, surv = slot.model.predict_arrays(x)
+                out = prediction_body(name=name, version=slot.version, risk=risk, survival=surv,
+                                      times_days=slot.model.times_days)
+            except ApiError as e:
+                log.info("predict model=%s status=%d error=%s", name, e.status, e.error)
+                headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+                return _json(e.status, e.body(), headers)
+            ms = (time.perf_counter() - start) * 1000
+            log.debug("predict model=%s v%s n=%d %.1f ms", name, slot.version, out["n"], ms)
+            # plain floats and lists: skip FastAPI's jsonable_encoder walk
+            return JSONResponse(out, headers={"Server-Timing": f"app;dur={ms:.2f}"})
+
+        @api.get("/v1/models")
+        async def models(self, request: Request):
+            try:
+                self._auth(request)
+            except ApiError as e:
+                return _json(e.status, e.body(), {"WWW-Authenticate": "Bearer"})
+            listing = await asyncio.to_thread(self.catalog.listing)
+            return {"alias": self.catalog.alias, "count": len(listing), "models": listing}
+
+        @api.get("/v1/stats")
+        async def stats(self, request: Request):
+            try:
+                self._auth(request)
+            except ApiError as e:
+                return _json(e.status, e.body(), {"WWW-Authenticate": "Bearer"})
+            loaded = sorted(n for n, s in self.slots.items() if not s.evicted)
+            hit_rate = 1.0 - self.loads / self.requests if self.requests else None
+            return {"replica": self.replica, "requests": self.requests, "loads": self.loads,
+                    "cache_hit_rate": hit_rate, "load_counts": dict(self.load_counts),
+                    "loaded_models": loaded, "max_models_per_replica": self.max_models}
+
+        @api.get("/healthz")
+        async def healthz(self):
+            return {"status": "ok"}
+
+    options = {"name": DEPLOYMENT, "max_ongoing_requests": cfg.max_ongoing_requests,
+               "ray_actor_options": {"num_cpus": cfg.replica_num_cpus}}
+    if cfg.replica_env:
+        options["ray_actor_options"]["runtime_env"] = {"env_vars": dict(cfg.replica_env)}
+    if cfg.autoscaling is not None:
+        a = cfg.autoscaling
+        options["autoscaling_config"] = {"min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
+                                         "target_ongoing_requests": a.target_ongoing_requests}
+    else:
+        options["num_replicas"] = cfg.num_replicas
+    deployment = serve.deployment(MmrayModels).options(**options)
+    return deployment.bind(tracking_uri=tracking_uri, alias=cfg.registry.alias, prefix=cfg.model_prefix,
+                           token_sha256=token_digest(cfg), alias_refresh_s=cfg.alias_refresh_s,
+                           list_cache_s=cfg.models_list_cache_s, max_instances=cfg.max_instances_per_request,
+                           max_models=cfg.max_models_per_replica)
+
+
+def start_serve(cfg: ServeConfig) -> str:
+    """Deploy the application on the connected Ray cluster; returns its base URL."""
+    from ray import serve
+
+    from mmray.registry.config import resolve_tracking
+
+    tracking_uri, _ = resolve_tracking(cfg.registry, store=cfg.store)
+    logging_config = {"enable_access_log": cfg.access_log}
+    serve.start(http_options={"host": cfg.host, "port": cfg.port}, logging_config=logging_config)
+    serve.run(build_app(cfg, tracking_uri=tracking_uri), name=cfg.app_name, route_prefix=cfg.route_prefix,
+              blocking=False, logging_config=logging_config)
+    url = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
+    log.info("serving registry %s at %s (auth %s)", tracking_uri.split("@")[-1], url,
+             "on" if token_digest(cfg) else "off")
+    return url
+
+
+def run_serve(cfg: ServeConfig, *, local: bool) -> int:
+    """``mmray serve``: deploy, print the URL, and (``cfg.block``, default: ``local``) wait for Ctrl-C."""
+    from ray import serve
+
+    url = start_serve(cfg)
+    block = local if cfg.block is None else cfg.block
+    print(f"mmray serve: application {cfg.app_name!r} at {url} (GET {url}/v1/models, POST {url}/v1/predict)",
+          flush=True)
+    if not block:
+        print("mmray serve: deployed; it keeps running on the cluster (`serve shutdown` stops it)")
+        return 0
+    print("mmray serve: Ctrl-C stops it", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+    return 0

@@ -1,0 +1,90 @@
+"""Serving settings (``ray_jobs/configs/serve.yaml``)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+from mmray.registry.config import RegistryConfig
+
+
+@dataclass(frozen=True)
+class AutoscalingConfig:
+    """Ray Serve autoscaling of the model deployment (replaces ``num_replicas`` when set)."""
+
+    min_replicas: int = 1
+    max_replicas: int = 4
+    target_ongoing_requests: float = 4.0
+
+    def validate(self):
+        if self.min_replicas < 0 or self.max_replicas < max(1, self.min_replicas):
+            yield ("", (f"need 0 <= min_replicas <= max_replicas and max_replicas >= 1, got "
+                        f"{self.min_replicas}..{self.max_replicas}"))
+        if self.target_ongoing_requests <= 0:
+            yield ("target_ongoing_requests", f"must be > 0, got {self.target_ongoing_requests}")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """``mmray serve``: one Ray Serve application hosting every registered ``alias`` model.
+
+    ``model_prefix``: only registered models whose name starts with it are
+    servable (``sig__``: the signature models; empty: all). ``token`` (or the
+    environment variable named by ``token_env``, read where ``mmray serve``
+    runs) turns on bearer-token auth for every route but ``/healthz``.
+    ``alias_refresh_s``: how long a replica trusts its name -> version
+    resolution before asking the registry again (a new champion is served
+    within this time). ``block``: keep the command running (default: only
+    when it started a local Ray, since Serve on a cluster outlives the command).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    app_name: str = "mmray"
+    route_prefix: str = "/"
+    store: str | None = None  # a local store locates the default registry (<store>/_mlflow)
+    model_prefix: str = ""
+    max_models_per_replica: int = 64
+    num_replicas: int = 1
+    autoscaling: AutoscalingConfig | None = None
+    max_ongoing_requests: int = 64
+    replica_num_cpus: float = 1.0
+    token: str | None = None
+    token_env: str = "MMRAY_SERVE_TOKEN"
+    alias_refresh_s: float = 30.0
+    models_list_cache_s: float = 10.0
+    max_instances_per_request: int = 10000
+    block: bool | None = None
+    access_log: bool = True  # Serve's per-request access log (route, status, latency; never bodies)
+    # Environment of the replica processes (e.g. AWS_* for an S3 artifact store). Ray Serve runs user
+    # code on a second event loop by default; one loop (0) saves a thread hop per request.
+    replica_env: dict[str, str] = field(default_factory=lambda: {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"})
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+
+    def validate(self):
+        if not 0 < self.port < 65536:
+            yield ("port", f"must be 1..65535, got {self.port}")
+        if self.max_models_per_replica < 1:
+            yield ("max_models_per_replica", f"must be >= 1, got {self.max_models_per_replica}")
+        if self.num_replicas < 1:
+            yield ("num_replicas", f"must be >= 1, got {self.num_replicas}")
+        if self.max_ongoing_requests < 1:
+            yield ("max_ongoing_requests", f"must be >= 1, got {self.max_ongoing_requests}")
+        if self.replica_num_cpus < 0:
+            yield ("replica_num_cpus", f"must be >= 0, got {self.replica_num_cpus}")
+        if not self.route_prefix.startswith("/"):
+            yield ("route_prefix", f"must start with '/', got {self.route_prefix!r}")
+        if self.max_instances_per_request < 1:
+            yield ("max_instances_per_request", f"must be >= 1, got {self.max_instances_per_request}")
+
+
+def token_digest(cfg: ServeConfig) -> str | None:
+    """SHA-256 of the configured token (config first, then ``$token_env``); None: no auth.
+
+    Replicas get only the digest, so the token itself is never part of a
+    deployment's arguments.
+    """
+    token = cfg.token or (os.environ.get(cfg.token_env, "") if cfg.token_env else "")
+    token = token.strip()
+    return hashlib.sha256(token.encode()).hexdigest() if token else None
