@@ -14,7 +14,9 @@ Fields::
     num_bags        distinct bags (bag groups), else null
     columns         [{"name": ..., "type": ...}] (Arrow types as text)
     arrow_schema    the exact Arrow schema, IPC-serialised, base64
-    files           [{"path", "num_rows", "size_bytes"}] relative to the version folder
+    files           [{"path", "num_rows", "size_bytes"}] relative to the version folder;
+                    a file carried forward from an earlier version of the group is listed
+                    as "../v0001/NAME.parquet" with "carried_from": "v0001"
     bag_index       "_bag_index.parquet" (bag groups), else null
     sources         [{"uri", "size_bytes", "sha256" | "etag"}] (see mmray.uri.checksum)
     params          JSON object given by the writer
@@ -107,7 +109,8 @@ def build(*, group: str, version: str, kind: str, bag_key: str | None, parts: li
         "num_bags": num_bags,
         "columns": [{"name": f.name, "type": str(f.type)} for f in schema],
         "arrow_schema": schema_to_text(schema),
-        "files": [{k: p[k] for k in ("path", "num_rows", "size_bytes")} for p in parts],
+        "files": [{k: p[k] for k in ("path", "num_rows", "size_bytes", "carried_from") if k in p}
+                  for p in parts],
         "bag_index": "_bag_index.parquet" if kind == "bag" else None,
         "sources": sources,
         "params": params,

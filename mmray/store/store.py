@@ -120,8 +120,7 @@ class FeatureStore:
     def files(self, group: str, *, version: str | None = None) -> list[str]:
         """Paths (inside :attr:`filesystem`) of the data files of a version."""
         man = self.manifest(group, version=version)
-        vdir = layout.version_dir(self._root, group, man["version"])
-        return [posixpath.join(vdir, f["path"]) for f in man["files"]]
+        return [layout.data_path(self._root, group, man["version"], f["path"]) for f in man["files"]]
 
     def _resolve(self, group: str, version: str | None) -> str:
         layout.check_name(group)
@@ -206,10 +205,9 @@ class FeatureStore:
         self._check_columns(man, schema, columns)
         if columns:
             schema = pa.schema([schema.field(c) for c in columns])
-        vdir = layout.version_dir(self._root, group, man["version"])
         tables = []
         for path, rows in hits.groupby("path", sort=True):
-            full = posixpath.join(vdir, path)
+            full = layout.data_path(self._root, group, man["version"], path)
             try:
                 with self._fs.open_input_file(full) as f:
                     t = pq.ParquetFile(f).read_row_groups(sorted(rows["row_group"]),
@@ -219,6 +217,13 @@ class FeatureStore:
                                  f"{full}: {e}") from e
             tables.append(t if t.schema.equals(schema) else t.cast(schema))
         return pa.concat_tables(tables).to_pandas()
+
+    def bag_index(self, group: str, *, version: str | None = None) -> pd.DataFrame:
+        """Where each bag lives: ``bag_id, patient_id, event_time, path, row_group, num_rows``.
+
+        ``path`` is relative to the version folder (``../vNNNN/...`` for a carried file).
+        """
+        return self._bag_index(group, version).copy()
 
     def _bag_index(self, group: str, version: str | None) -> pd.DataFrame:
         man = self.manifest(group, version=version)
@@ -270,22 +275,49 @@ class FeatureStore:
 
         Returns ``["group/version", ...]`` removed (or that would be, with ``dry_run``).
         A writer still busy touches its folder at every part, so keep the age
-        above the longest gap between two parts of a running job.
+        above the longest gap between two parts of a running job. A data file
+        that any committed version lists (bags carried forward as
+        ``../vNNNN/...``) is never deleted, even in a folder that lost its manifest.
         """
         now = time.time()
         removed = []
         for group in (d for d in fsio.subdirs(self._fs, self._root) if _is_name(d)):
             gdir = layout.group_dir(self._root, group)
+            referenced: set[str] | None = None  # read lazily: most groups have nothing to remove
             for v in fsio.subdirs(self._fs, gdir):
                 if layout.version_number(v) is None or fsio.exists(
                         self._fs, layout.manifest_path(self._root, group, v)):
                     continue
-                mtime = fsio.newest_mtime_s(self._fs, posixpath.join(gdir, v))
-                if mtime is None or now - mtime >= older_than_s:
-                    removed.append(f"{group}/{v}")
-                    if not dry_run:
-                        self._fs.delete_dir(posixpath.join(gdir, v))
+                vdir = posixpath.join(gdir, v)
+                mtime = fsio.newest_mtime_s(self._fs, vdir)
+                if mtime is not None and now - mtime < older_than_s:
+                    continue
+                if referenced is None:
+                    referenced = self.referenced_files(group)
+                removed.append(f"{group}/{v}")
+                if dry_run:
+                    continue
+                kept = [i.path for i in fsio.files_under(self._fs, vdir)
+                        if posixpath.normpath(i.path) in referenced]
+                if not kept:
+                    self._fs.delete_dir(vdir)
+                    continue
+                for info in fsio.files_under(self._fs, vdir):
+                    if posixpath.normpath(info.path) not in referenced:
+                        self._fs.delete_file(info.path)
         return removed
+
+    def referenced_files(self, group: str) -> set[str]:
+        """Normalised paths of every data file that a committed version of ``group`` lists."""
+        refs: set[str] = set()
+        for v in self.versions(group):
+            man = self.manifest(group, version=v)
+            refs.update(posixpath.normpath(layout.data_path(self._root, group, v, f["path"]))
+                        for f in man["files"])
+            if man.get("bag_index"):
+                refs.add(posixpath.normpath(posixpath.join(layout.version_dir(self._root, group, v),
+                                                           man["bag_index"])))
+        return refs
 
 
 def check_write_args(group: str, *, kind: str, bag_key: str | None, params,

@@ -5,6 +5,11 @@ bag index (bag groups), then ``_manifest.json`` (this commits the version),
 then the ``_latest.json`` pointer. A writer that dies before the manifest
 leaves a partial folder that readers ignore and ``FeatureStore.gc`` removes.
 
+Bag groups can carry bags forward: a new version lists files of an earlier
+version (``../v0001/part-00000.parquet``) instead of copying them, when every
+bag in that file is carried; a file that also holds bags not carried has just
+the carried bags' row groups copied (see :func:`carry_parts`).
+
 One writer per group at a time is the supported use; two concurrent writers
 are detected (best effort) through the ``_writer.json`` token and the loser
 gets a :class:`~mmray.errors.StoreError` instead of a mixed version.
@@ -131,6 +136,59 @@ def bag_index(parts: list[dict], *, bag_key: str, where: str) -> pa.Table:
     })
 
 
+def carry_parts(fs: pafs.FileSystem, root: str, *, group: str, from_version: str, to_version: str,
+                bag_ids, where: str) -> list[dict]:
+    """Part records that put bags ``bag_ids`` of committed ``from_version`` into ``to_version``.
+
+    Zero-copy where possible: a file whose bags are all carried is referenced
+    by a relative path (``../v0001/part-00000.parquet``); from a file that also
+    holds other bags, only the carried bags' row groups are copied into a new
+    part of ``to_version``. Returns ``[]`` for no bags.
+    """
+    wanted = {str(b) for b in bag_ids}
+    if not wanted:
+        return []
+    try:
+        man = fsio.get_json(fs, layout.manifest_path(root, group, from_version))
+    except (FileNotFoundError, OSError, ValueError) as e:
+        raise StoreError(f"{where}: cannot carry bags from {from_version}: it is not a committed "
+                         f"version of group {group!r} ({e})") from e
+    if man.get("kind") != "bag":
+        raise StoreError(f"{where}: cannot carry bags from {from_version}: it is a "
+                         f"{man.get('kind')} group version, not a bag group")
+    with fs.open_input_file(posixpath.join(layout.version_dir(root, group, from_version),
+                                           man["bag_index"])) as f:
+        index = pq.read_table(f).to_pandas()
+    missing = sorted(wanted - set(index["bag_id"]))
+    if missing:
+        raise StoreError(f"{where}: {len(missing)} bag(s) to carry are not in {group!r} "
+                         f"{from_version}, e.g. {missing[:5]}; carry only bags that version holds")
+    sizes = {f["path"]: f for f in man["files"]}
+    records: list[dict] = []
+    for i, (rel, rows) in enumerate(index.groupby("path", sort=True)):
+        keep = rows[rows["bag_id"].isin(wanted)]
+        if keep.empty:
+            continue
+        src = layout.data_path(root, group, from_version, rel)
+        if len(keep) == len(rows):  # every bag of this file is carried: reference it
+            new_rel = layout.carried_path(rel, from_version=from_version)
+            bags = [{"bag_id": r.bag_id, "patient_id": r.patient_id, "event_time": r.event_time,
+                     "path": new_rel, "row_group": int(r.row_group), "num_rows": int(r.num_rows)}
+                    for r in keep.itertuples(index=False)]
+            records.append({"path": new_rel, "num_rows": int(rows["num_rows"].sum()),
+                            "size_bytes": int(sizes[rel]["size_bytes"]), "schema": man["arrow_schema"],
+                            "bags": bags, "carried_from": layout.owner_version(rel, version=from_version)})
+            continue
+        with fs.open_input_file(src) as f:  # mixed file: copy just the carried row groups
+            table = pq.ParquetFile(f).read_row_groups(sorted(int(g) for g in keep["row_group"]))
+        name = f"carried-{from_version}-{i:05d}"
+        record = parts_mod.write_part(fs, layout.version_dir(root, group, to_version), table,
+                                      part_name=name, bag_key=man["bag_key"],
+                                      where=f"{where}, part {name!r}")
+        records.append(record)
+    return records
+
+
 class VersionWriter:
     """Streams parts into one new version; use as a context manager.
 
@@ -147,6 +205,7 @@ class VersionWriter:
         self.version, self._token = allocate(fs, root, group)
         self._parts: list[dict] = []
         self._keys: set[tuple[str, int]] = set()
+        self._carried: set[str] = set()
         self._state = "open"
         self.manifest: dict | None = None
 
@@ -165,11 +224,37 @@ class VersionWriter:
         table = parts_mod.prepare(data, bag_key=self.bag_key, where=where)
         if self.kind == "table":
             self._check_unique(table, where=where)
+        elif self._carried:
+            clash = sorted(self._carried & set(table[self.bag_key].cast(pa.string()).to_pylist()))
+            if clash:
+                raise StoreError(f"{where}: bags {clash[:5]} were carried from an earlier version; "
+                                 f"write a bag or carry it, not both")
         record = parts_mod.write_part(self._fs, layout.version_dir(self._root, self.group,
                                                                    self.version),
                                       table, part_name=name, bag_key=self.bag_key, where=where)
         self._parts.append(record)
         return {"path": record["path"], "num_rows": record["num_rows"]}
+
+    def carry_bags(self, from_version: str, bag_ids) -> int:
+        """Carry bags of an earlier committed version into this one (bag groups only).
+
+        Files are referenced, not copied, when all their bags are carried (see
+        :func:`carry_parts`). Returns the number of bags carried.
+        """
+        if self._state != "open":
+            raise StoreError(f"{self.where}: the writer is {self._state}; open a new version")
+        if self.kind != "bag":
+            raise StoreError(f"{self.where}: only bag groups carry bags forward; this is a "
+                             f"{self.kind} group")
+        records = carry_parts(self._fs, self._root, group=self.group, from_version=from_version,
+                              to_version=self.version, bag_ids=bag_ids, where=self.where)
+        have = {b["bag_id"] for p in self._parts for b in p["bags"]}
+        dup = sorted(have & {b["bag_id"] for r in records for b in r["bags"]})
+        if dup:
+            raise StoreError(f"{self.where}: bags {dup[:5]} were already written or carried")
+        self._parts.extend(records)
+        self._carried |= {b["bag_id"] for r in records for b in r["bags"]}
+        return len({b["bag_id"] for r in records for b in r["bags"]})
 
     def _check_unique(self, table: pa.Table, *, where: str) -> None:
         new = list(zip(table["patient_id"].to_pylist(),

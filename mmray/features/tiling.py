@@ -1,0 +1,134 @@
+"""Tile grids at a target resolution: which pyramid level to read, where tiles and regions lie.
+
+Two scales share one grid: ``tile_px`` tiles (e.g. 256 px) and ``region_px``
+regions (e.g. 4096 px) at ``target_mpp`` micrometres per pixel.  In level-0
+pixels a tile is ``tile_l0 = round(tile_px * target_mpp / mpp_l0)`` wide and a
+region ``region_l0 = tile_l0 * region_px // tile_px``, so every tile lies in
+exactly one region.  Tiles lie fully inside the slide; regions may run past its
+edge (the part outside reads as white).  Coordinates are level-0 pixels of the
+top-left corner.
+
+Reading: a tile is read at the coarsest pyramid level whose downsample is at
+most ``tile_l0 / tile_px`` (OpenSlide's ``get_best_level_for_downsample`` rule)
+and resized to ``tile_px``; a region is read the same way at its own, much
+coarser, downsample and resized to ``tile_px`` (the encoder resizes both to its
+input size), so a 4096-px region never costs a 4096-px read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from mmray.features.tissue import TissueParams, box_fractions, detect_tissue, read_thumbnail
+
+
+@dataclass(frozen=True)
+class TilingSpec:
+    """Where tiles go; part of the resume key (a change re-embeds every slide)."""
+
+    target_mpp: float = 0.5
+    tile_px: int = 256
+    region_px: int = 4096  # 0: no regions
+    min_tissue_fraction: float = 0.25
+    mpp_override: float | None = None
+    tissue: TissueParams = field(default_factory=TissueParams)
+
+
+def best_level(downsamples, downsample: float, *, rel_tol: float = 1e-3) -> int:
+    """The coarsest level whose downsample is at most ``downsample`` (0 if none is).
+
+    OpenSlide's rule, with a relative tolerance so a level reported as 4.0002x
+    still serves a 4x request.
+    """
+    best = 0
+    for level, ds in enumerate(downsamples):
+        if ds <= downsample * (1 + rel_tol):
+            best = level
+    return best
+
+
+def read_plan(downsamples, *, extent_l0: int, out_px: int) -> tuple[int, int]:
+    """``(level, read_px)``: read ``read_px`` square at ``level`` to cover ``extent_l0`` level-0 px."""
+    level = best_level(downsamples, extent_l0 / out_px)
+    return level, max(1, int(round(extent_l0 / downsamples[level])))
+
+
+@dataclass
+class SlideTiles:
+    """The planned tiles and regions of one slide (arrays of equal length per scale)."""
+
+    width_l0: int
+    height_l0: int
+    mpp_l0: float
+    tile_l0: int
+    region_l0: int  # 0 without regions
+    tile_level: int
+    tile_read_px: int
+    region_level: int
+    region_read_px: int
+    tile_x: np.ndarray  # (T,) int64
+    tile_y: np.ndarray
+    tile_region: np.ndarray  # (T,) int64 region id, -1 without regions
+    tile_tissue: np.ndarray  # (T,) float32 tissue fraction
+    region_x: np.ndarray  # (R,)
+    region_y: np.ndarray
+    region_id: np.ndarray
+    region_tissue: np.ndarray
+
+
+def plan_tiles(*, width_l0: int, height_l0: int, mpp_l0: float, downsamples, mask: np.ndarray, mask_mpp: float,
+               spec: TilingSpec) -> SlideTiles:
+    """Tiles with at least ``spec.min_tissue_fraction`` tissue in ``mask``, and the regions holding them."""
+    tile_l0 = max(1, int(round(spec.tile_px * spec.target_mpp / mpp_l0)))
+    nx, ny = width_l0 // tile_l0, height_l0 // tile_l0
+    gy, gx = np.meshgrid(np.arange(ny, dtype=np.int64), np.arange(nx, dtype=np.int64), indexing="ij")
+    tx, ty = gx.ravel() * tile_l0, gy.ravel() * tile_l0  # row-major: y, then x
+    scale = mpp_l0 / mask_mpp  # mask pixels per level-0 pixel
+    frac = box_fractions(mask, x0=tx * scale, y0=ty * scale, size=tile_l0 * scale)
+    keep = frac >= spec.min_tissue_fraction
+    tx, ty, frac = tx[keep], ty[keep], frac[keep].astype(np.float32)
+    tile_level, tile_read = read_plan(downsamples, extent_l0=tile_l0, out_px=spec.tile_px)
+    empty = np.zeros(0, np.int64)
+    if spec.region_px <= 0:
+        return SlideTiles(width_l0, height_l0, mpp_l0, tile_l0, 0, tile_level, tile_read, 0, 0, tx, ty,
+                          np.full(len(tx), -1, np.int64), frac, empty, empty, empty, np.zeros(0, np.float32))
+    per_region = spec.region_px // spec.tile_px
+    region_l0 = tile_l0 * per_region
+    n_rx = -(-width_l0 // region_l0)
+    rid = (ty // region_l0) * n_rx + tx // region_l0
+    ids = np.unique(rid)
+    rx, ry = (ids % n_rx) * region_l0, (ids // n_rx) * region_l0
+    rfrac = box_fractions(mask, x0=rx * scale, y0=ry * scale, size=region_l0 * scale).astype(np.float32)
+    region_level, region_read = read_plan(downsamples, extent_l0=region_l0, out_px=spec.tile_px)
+    return SlideTiles(width_l0, height_l0, mpp_l0, tile_l0, region_l0, tile_level, tile_read, region_level,
+                      region_read, tx, ty, rid, frac, rx, ry, ids, rfrac)
+
+
+def plan_slide(slide, *, mpp_l0: float, spec: TilingSpec) -> tuple[SlideTiles, np.ndarray, float]:
+    """Tissue mask from a thumbnail, then :func:`plan_tiles`; returns ``(tiles, mask, mask_mpp)``."""
+    thumb, thumb_mpp = read_thumbnail(slide, mpp_l0=mpp_l0, params=spec.tissue)
+    mask = detect_tissue(thumb, mpp=thumb_mpp, params=spec.tissue)
+    w0, h0 = slide.level_dimensions[0]
+    tiles = plan_tiles(width_l0=w0, height_l0=h0, mpp_l0=mpp_l0, downsamples=slide.level_downsamples,
+                       mask=mask, mask_mpp=thumb_mpp, spec=spec)
+    return tiles, mask, thumb_mpp
+
+
+def read_tile(slide, *, x: int, y: int, level: int, read_px: int, out_px: int) -> np.ndarray:
+    """(out_px, out_px, 3) uint8: ``read_px`` square at ``level`` from level-0 ``(x, y)``, resized.
+
+    Transparent pixels (outside the scanned area) are composited onto white.
+    """
+    img = slide.read_region((int(x), int(y)), int(level), (int(read_px), int(read_px)))
+    alpha = img.getchannel("A")
+    if alpha.getextrema()[0] < 255:
+        rgb = Image.new("RGB", img.size, (255, 255, 255))
+        rgb.paste(img, mask=alpha)
+    else:
+        rgb = img.convert("RGB")
+    if read_px != out_px:
+        rgb = rgb.resize((out_px, out_px), Image.Resampling.BILINEAR)
+    return np.asarray(rgb)

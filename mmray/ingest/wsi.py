@@ -1,0 +1,237 @@
+"""Ingest whole-slide images: tiles -> embeddings -> ``wsi_tiles``, ``wsi_slide``, ``wsi_patient``.
+
+``ingest_wsi(ctx)`` takes the cohort manifest's ``wsi`` rows, skips slides the
+store already holds with the same encoder identity, tiling parameters, patient
+key and file (``ctx.force`` recomputes), runs the Ray Data tile pipeline
+(:mod:`mmray.features.tile_pipeline`) on the rest, commits a new ``wsi_tiles``
+version that carries the skipped slides forward without copying them, then
+updates the slide and patient aggregates (:mod:`mmray.ingest.wsi_aggregates`).
+Slides that cannot be read are reported as failures; the rest go on.
+
+The ``wsi:`` section of the ingest YAML is :class:`WsiConfig` (every field has
+a working default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from mmray import uri as uri_mod
+from mmray.features.encoders import EncoderConfig, resolve
+from mmray.features.tile_pipeline import ReadConfig, Source, embedding_dataset, pipeline_context
+from mmray.features.tiling import TilingSpec
+from mmray.features.tissue import TissueParams
+from mmray.ingest import slide_source
+from mmray.ingest.report import ModalityReport
+from mmray.ingest.wsi_aggregates import PATIENTS, SLIDES, TILES, update_patient_aggregates, update_slide_aggregates
+from mmray.store.keys import UNDATED
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WsiConfig:
+    """The ``wsi:`` section of the ingest YAML."""
+
+    target_mpp: float = 0.5  # micrometres per pixel of tiles and regions
+    tile_px: int = 256
+    region_px: int = 4096  # 0: tiles only
+    min_tissue_fraction: float = 0.25  # per tile, from the thumbnail tissue mask
+    mpp_override: float | None = None  # level-0 resolution for slides without (or with wrong) metadata
+    tissue: TissueParams = field(default_factory=TissueParams)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    read: ReadConfig = field(default_factory=ReadConfig)
+    encoder_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per encoder actor
+    read_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per read task
+    rows_per_file: int = 4096  # tile rows per Parquet file of wsi_tiles
+    object_store_limit_mb: int | None = None  # cap on the object store the pipeline uses (default: Ray's)
+    reserve_op_resources: bool = False  # Ray Data's per-operator resource reservation (see pipeline_context)
+    progress_interval_s: float = 10.0  # per-slide progress log period (0: off)
+
+    def validate(self):
+        if self.target_mpp <= 0:
+            yield ("target_mpp", f"must be positive, got {self.target_mpp}")
+        if self.tile_px < 16:
+            yield ("tile_px", f"must be at least 16, got {self.tile_px}")
+        if self.region_px and (self.region_px < self.tile_px or self.region_px % self.tile_px):
+            yield ("region_px", f"must be 0 (no regions) or a multiple of tile_px={self.tile_px}, got {self.region_px}")
+        if not 0 <= self.min_tissue_fraction <= 1:
+            yield ("min_tissue_fraction", f"must be within [0, 1], got {self.min_tissue_fraction}")
+        if self.mpp_override is not None and self.mpp_override <= 0:
+            yield ("mpp_override", f"must be positive micrometres per pixel, got {self.mpp_override}")
+        if self.rows_per_file < 1:
+            yield ("rows_per_file", f"must be at least 1, got {self.rows_per_file}")
+
+    def tiling(self) -> TilingSpec:
+        return TilingSpec(target_mpp=self.target_mpp, tile_px=self.tile_px, region_px=self.region_px,
+                          min_tissue_fraction=self.min_tissue_fraction, mpp_override=self.mpp_override,
+                          tissue=self.tissue)
+
+
+CONFIG = WsiConfig
+
+
+def _pseudonymise(slide_id: str, pid: str, key: str) -> str:
+    """Slide ids such as TCGA barcodes contain the patient id: swap in the pseudonym."""
+    return slide_id.replace(pid, key) if key != pid and pid and pid in slide_id else slide_id
+
+
+def slide_list(ctx) -> tuple[list[dict], list[dict]]:
+    """``(slides, failures)`` from the manifest's wsi rows: slide_id, patient_id (keyed), event_time, uri."""
+    manifest = ctx.cohort.manifest()
+    rows = manifest[manifest["modality"] == "wsi"]
+    slides, failures, seen = [], [], set()
+    for r in rows.to_dict("records"):
+        uri = r["path"]
+        pid = ctx.patient_key(r["patient_id"])
+        sid = str(r.get("item_id") or "").strip() or Path(uri.rstrip("/")).name.split(".")[0]
+        sid = _pseudonymise(sid, r["patient_id"], pid)
+        if sid in seen:
+            failures.append({"item": uri, "patient_id": pid, "reason": f"slide id {sid!r} appears twice in the "
+                             f"manifest; give each slide its own item_id", "slide_id": sid})
+            continue
+        seen.add(sid)
+        date = str(r.get("acquisition_date") or "").strip()
+        try:
+            when = pd.Timestamp(date, tz="UTC") if date else UNDATED
+        except ValueError:
+            failures.append({"item": uri, "patient_id": pid, "slide_id": sid,
+                             "reason": f"acquisition_date {date!r} is not a date; use YYYY-MM-DD"})
+            continue
+        slides.append({"slide_id": sid, "patient_id": pid, "event_time": when.isoformat(), "uri": uri})
+    return slides, failures
+
+
+def fingerprint(uri: str) -> dict:
+    """A cheap identity of a slide file: size plus a hash of its first and last 64 KiB (S3: the ETag)."""
+    if uri_mod.is_s3(uri):
+        return uri_mod.checksum(uri)
+    path = Path(uri)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest, size = hashlib.sha256(), 0
+    for f in files:
+        n = f.stat().st_size
+        size += n
+        digest.update(f"{f.relative_to(path) if path.is_dir() else f.name}:{n}".encode())
+        with open(f, "rb") as fh:
+            digest.update(fh.read(1 << 16))
+            if n > 1 << 16:
+                fh.seek(max(n - (1 << 16), 1 << 16))
+                digest.update(fh.read())
+    return {"uri": uri, "size_bytes": size, "etag": f"headtail-sha256:{digest.hexdigest()}"}
+
+
+def embed_key(cfg: WsiConfig, encoder_id: str) -> dict:
+    """What makes two embeddings of one slide the same: resume compares this."""
+    return {"encoder_id": encoder_id, "input_px": cfg.encoder.input_px,
+            "tiling": dataclasses.asdict(cfg.tiling())}
+
+
+def _resume(store, slides: list[dict], key: dict, sources: dict[str, dict], force: bool):
+    """``(todo, carry, previous version)``: slides to embed, and slides the latest version already holds."""
+    prev = store.latest(TILES)
+    if prev is None or force:
+        return slides, [], prev
+    man = store.manifest(TILES, version=prev)
+    if man["params"].get("embed_key") != key:
+        log.info("wsi: encoder or tiling changed since %s@%s: embedding every slide again", TILES, prev)
+        return slides, [], prev
+    bags = store.bags(TILES, version=prev).set_index("bag_id")
+    old_sources = {s.get("slide_id"): s for s in man.get("sources", [])}
+    todo, carry = [], []
+    for s in slides:
+        sid, old = s["slide_id"], old_sources.get(s["slide_id"], {})
+        same = (sid in bags.index and bags.at[sid, "patient_id"] == s["patient_id"]
+                and pd.Timestamp(bags.at[sid, "event_time"]) == pd.Timestamp(s["event_time"])
+                and {k: old.get(k) for k in ("size_bytes", "etag", "sha256")}
+                == {k: sources[sid].get(k) for k in ("size_bytes", "etag", "sha256")})
+        (carry if same else todo).append(s["slide_id"] if same else s)
+    return todo, carry, prev
+
+
+def ingest_wsi(ctx) -> ModalityReport:
+    """Embed the cohort's slides into the feature store (see the module docstring)."""
+    from mmray.cli import init_ray
+    from mmray.features.tile_progress import ProgressLog
+    from mmray.features.tile_sink import TileEmbeddingSink
+
+    cfg: WsiConfig = ctx.config
+    report = ModalityReport("wsi")
+    slides, bad = slide_list(ctx)
+    report.n_items = len(slides) + len(bad)
+    for f in bad:
+        report.fail(**f)
+    encoder = resolve(cfg.encoder)
+    report.notes += list(encoder.notes)
+    key = embed_key(cfg, encoder.encoder_id)
+    sources: dict[str, dict] = {}
+    with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) * 4)) as pool:
+        for s, src in zip(slides, pool.map(_safe_fingerprint, [s["uri"] for s in slides])):
+            if isinstance(src, str):
+                report.fail(item=s["uri"], patient_id=s["patient_id"], reason=src, slide_id=s["slide_id"])
+            else:
+                sources[s["slide_id"]] = {**src, "slide_id": s["slide_id"]}
+    slides = [s for s in slides if s["slide_id"] in sources]
+    todo, carry, prev = _resume(ctx.store, slides, key, sources, ctx.force)
+    report.n_skipped = len(carry)
+    prev_bags = set(ctx.store.bag_ids(TILES, version=prev)) if prev else set()
+    tiles_version = prev
+    if todo or set(carry) != prev_bags:
+        init_ray(None)
+        log.info("wsi: %d slide(s) to embed with %s, %d already in %s", len(todo), encoder.encoder_id,
+                 len(carry), TILES)
+        params = {"embed_key": key, "encoder": dataclasses.asdict(cfg.encoder), "rows_per_file": cfg.rows_per_file}
+        scratch = slide_source.new_scratch_dir(cfg.read.scratch_dir)
+        source = Source(scratch_dir=scratch, tries=cfg.read.download_tries,
+                        max_bytes=int(cfg.read.scratch_max_gb * 2**30), max_open=cfg.read.max_open_slides)
+        try:
+            context = pipeline_context(object_store_limit_mb=cfg.object_store_limit_mb,
+                                       reserve_op_resources=cfg.reserve_op_resources)
+            with context, ProgressLog(n_slides=len(todo), interval_s=cfg.progress_interval_s) as progress:
+                sink = TileEmbeddingSink(ctx.store, TILES, params=params,
+                                         sources=[sources[s["slide_id"]] for s in todo] + [sources[c] for c in carry],
+                                         carry_from=prev if carry else None, carry_bags=carry,
+                                         rows_per_file=cfg.rows_per_file, progress=progress)
+                if todo:
+                    ds = embedding_dataset(todo, spec=cfg.tiling(), read=cfg.read, source=source, encoder=encoder,
+                                           cfg=cfg.encoder, progress=progress, read_resources=cfg.read_resources,
+                                           encoder_resources=cfg.encoder_resources)
+                    ds.write_datasink(sink)
+                else:
+                    sink.commit([])
+        finally:
+            slide_source.clean_scratch(scratch)
+        uris = {s["slide_id"]: s["uri"] for s in todo}
+        for sid, (pid, reason) in sorted(sink.failures.items()):
+            report.fail(item=uris.get(sid, sid), patient_id=pid, reason=reason, slide_id=sid)
+        report.n_done = len(sink.rows_per_slide)
+        if sink.version:
+            report.groups[TILES] = tiles_version = sink.version
+    if tiles_version is None:
+        return report
+    slide_version, _ = update_slide_aggregates(ctx.store, tiles_version=tiles_version, embed_key=key,
+                                                      force=ctx.force)
+    if slide_version:
+        report.groups[SLIDES] = slide_version
+    patient_version = update_patient_aggregates(ctx.store, slide_version=slide_version or ctx.store.latest(SLIDES),
+                                                force=ctx.force or bool(slide_version))
+    if patient_version:
+        report.groups[PATIENTS] = patient_version
+    return report
+
+
+def _safe_fingerprint(uri: str) -> dict | str:
+    try:
+        return fingerprint(uri)
+    except FileNotFoundError:
+        return f"slide {uri} does not exist; fix the manifest path"
+    except Exception as e:
+        return f"cannot read slide {uri}: {type(e).__name__}: {e}"
