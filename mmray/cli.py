@@ -240,6 +240,61 @@ def _run_serve(args: argparse.Namespace) -> int:
     return run_serve(cfg, local=args.address is None)
 
 
+# --- train and tune: YAML-configured jobs on the store's folds ------------------
+
+
+def _add_job_parser(sub, name: str, help: str, description: str, example: str, func) -> None:
+    p = sub.add_parser(name, help=help, description=description)
+    p.add_argument("--config", default=None, help=f"{name} YAML (see ray_jobs/configs/{name}.yaml)")
+    p.add_argument("--store", default=None, help="feature store (overrides the config's store)")
+    p.add_argument("overrides", nargs="*", help=f"key=value overrides, e.g. {example}")
+    _add_address(p)
+    p.set_defaults(func=func)
+
+
+def _run_job(args: argparse.Namespace, config_cls, runner) -> int:
+    from mmray.config import load_config
+
+    overrides = ([f"store={args.store}"] if args.store else []) + list(args.overrides)
+    cfg = load_config(config_cls, args.config, overrides)
+    init_ray(args.address)
+    report = runner(cfg)
+    print(report.text())
+    return report.exit_code
+
+
+def _setup_train(sub) -> None:
+    _add_job_parser(
+        sub, "train", help="cross-validate models x modality sets on the store's folds (Ray Train)",
+        description="Train every model on every modality set over the store's saved folds with "
+                    "Ray Train (TorchTrainer DDP, LightGBMTrainer), write the results table, summary "
+                    "with bootstrap intervals and modality ablation into the store and MLflow.",
+        example="train.workers=2 folds.n_folds=3", func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from mmray.train.config import TrainJobConfig
+    from mmray.train.cv import run_train
+
+    return _run_job(args, TrainJobConfig, run_train)
+
+
+def _setup_tune(sub) -> None:
+    _add_job_parser(
+        sub, "tune", help="tune a model with Ray Tune (ASHA + Optuna) on the store's folds",
+        description="Search a model's hyperparameters with Ray Tune (Optuna search, ASHA early "
+                    "stopping); each trial is scored on the mean over the saved folds and logged "
+                    "to MLflow; the best config is refitted and cross-validated again.",
+        example="model=heec search.num_samples=8", func=_run_tune)
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    from mmray.tune.config import TuneJobConfig
+    from mmray.tune.tuner import run_tune
+
+    return _run_job(args, TuneJobConfig, run_tune)
+
+
 # --- demo -------------------------------------------------------------------
 
 
@@ -274,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     _setup_store(sub)
     _setup_signatures(sub)
     _setup_serve(sub)
+    _setup_train(sub)
+    _setup_tune(sub)
     _setup_demo(sub)
     return parser
 

@@ -152,7 +152,7 @@ def inner_split(table: pd.DataFrame, *, val_fraction: float = 0.2, seed: int = 0
     """
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    k = max(2, int(round(1.0 / val_fraction)))
+    k = max(2, round(1.0 / val_fraction))
     rows = table.assign(**{event_col: table[event_col].fillna(False).astype(bool)}) if event_col in table \
         else table.assign(**{event_col: False})
     inner = make_folds(rows, n_folds=k, seed=seed, patient_col=patient_col, event_col=event_col, site_col=None)

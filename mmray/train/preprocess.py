@@ -22,6 +22,7 @@ table given the saved folds, so nothing can be fitted on the held-out rows.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -39,6 +40,15 @@ DEFAULT_GROUPS: dict[str, tuple[str, ...]] = {
     "radiomics": ("radiomics",), "slide": ("wsi_patient",),
 }
 _META_SUFFIXES = ("__event_time", "__bag_ids")
+# Bookkeeping columns some groups carry next to their features, never model inputs: the WSI aggregates'
+# encoder, slide list and extremum locations; the radiomics rows' study/series keys, file hashes and paths,
+# software versions and acquisition geometry.  Matched against the column name after ``<group>__``.
+META_COLUMNS = re.compile(
+    r"^(encoder_id|embedding_dim|slide_ids|.*_arg(max|min)_(x|y|slide)"
+    r"|study_key|.*_series_key|source_sha256|params_hash|.*_version|segment_labels|volume_warnings|.*_path"
+    r"|n_slices|rows|columns|seg_frames|spacing_[xyz]_mm)$")
+# A text column with more levels than this fraction of the training rows is an identifier, not a category.
+MAX_LEVEL_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -53,7 +63,8 @@ class ModalityLayout:
 
     def columns(self, table: pd.DataFrame, modality: str) -> list[str]:
         prefixes = tuple(f"{g}__" for g in self._groups(modality))
-        return [c for c in table.columns if str(c).startswith(prefixes) and not str(c).endswith(_META_SUFFIXES)]
+        return [c for c in table.columns if str(c).startswith(prefixes) and not str(c).endswith(_META_SUFFIXES)
+                and not META_COLUMNS.match(str(c).split("__", 1)[1])]
 
     def present(self, table: pd.DataFrame, modality: str) -> np.ndarray:
         """``[n]`` bool: any of the modality's groups joined (``has_<group>``), else any non-null value."""
@@ -82,8 +93,13 @@ class _Block:
         if fitting:
             self.levels_ = {c: sorted(frame[c].dropna().astype(str).unique()) for c in self.columns
                             if not (pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c]))}
+            cap = max(10, MAX_LEVEL_FRACTION * len(frame))
+            self.dropped_ = [c for c, lev in self.levels_.items() if len(lev) > cap or len(lev) < 2]
+            self.levels_ = {c: lev for c, lev in self.levels_.items() if c not in self.dropped_}
         out = {}
         for c in self.columns:
+            if c in self.dropped_:
+                continue
             if c in self.levels_:
                 vals = frame[c].astype(object)
                 for lev in self.levels_[c]:

@@ -1,0 +1,224 @@
+"""Prepared fold data as columns, as Ray Datasets, and back into :class:`~mmray.models.batch.Batch` es.
+
+One row per patient.  Columns (``M`` modalities of the model)::
+
+    patient_id          string
+    x__<modality>       tensor [d_m] float32   (zeros where the modality is missing)
+    m__<modality>       bool                   (the modality mask)
+    time_days, event    float64, bool          (survival labels)
+    subtype             int64                  (class index; -1 when unknown)
+    weight              float32                (1 real row, 0 padding)
+    bag_ids             list<string>           (MIL models: the patient's slide ids)
+
+For MIL models a Ray Data stage (:func:`read_tiles`: a :class:`TileReader`
+per worker process) reads each patient's tiles from the store's tile bag group
+(``wsi_tiles``: one bag per ``slide_id``, column ``embedding``) as the rows
+stream by, adding ``bag`` (``[n_tiles, d]`` per patient), so an epoch never
+holds more than a few batches of tiles; :func:`to_batches` turns numpy batches
+into ``Batch`` es with :func:`mmray.models.batch.collate`, which concatenates
+the variable-size bags without padding.
+
+Training sets are padded with ``weight == 0`` rows to a multiple of the
+worker count, so Ray's equal split gives every worker the same number of
+rows (and of batches) without dropping a real patient.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from mmray.errors import DataError
+from mmray.models.batch import BAG, Batch, collate
+from mmray.train.preprocess import Prepared
+
+TILE_GROUP = "wsi_tiles"
+TILE_COLUMN = "embedding"
+
+
+def prepared_columns(prep: Prepared, *, bag_ids: Sequence | None = None, pad_to_multiple: int = 1,
+                     seed: int = 0) -> dict[str, np.ndarray]:
+    """The column dict of ``prep`` (module doc), padded with zero-weight copies of random rows."""
+    n = len(prep.patient_ids)
+    cols: dict[str, np.ndarray] = {"patient_id": np.asarray(prep.patient_ids, dtype=object)}
+    for j, m in enumerate(prep.modalities):
+        cols[f"x__{m}"] = np.asarray(prep.features[m], dtype=np.float32)
+        cols[f"m__{m}"] = np.asarray(prep.mask[:, j], dtype=bool)
+    cols["time_days"] = np.asarray(prep.time_days if prep.time_days is not None else np.ones(n), dtype=np.float64)
+    cols["event"] = np.asarray(prep.event if prep.event is not None else np.zeros(n), dtype=bool)
+    cols["subtype"] = np.asarray(prep.subtype if prep.subtype is not None else np.full(n, -1), dtype=np.int64)
+    cols["weight"] = np.ones(n, dtype=np.float32)
+    if bag_ids is not None:
+        if len(bag_ids) != n:
+            raise DataError(f"bag_ids has {len(bag_ids)} entries for {n} patients")
+        cols["bag_ids"] = np.asarray([list(b) if b is not None else [] for b in bag_ids] + [None],
+                                     dtype=object)[:-1]
+    extra = (-n) % max(1, pad_to_multiple)
+    if extra:
+        pick = np.random.default_rng(seed).integers(0, n, size=extra)
+        cols = {k: np.concatenate([v, v[pick]]) for k, v in cols.items()}
+        cols["weight"][n:] = 0.0
+    return cols
+
+
+def to_arrow(cols: Mapping[str, np.ndarray]) -> pa.Table:
+    from ray.data.extensions import ArrowTensorArray
+
+    arrays = {}
+    for k, v in cols.items():
+        if k.startswith("x__"):
+            arrays[k] = ArrowTensorArray.from_numpy(np.ascontiguousarray(v))
+        elif k == "bag_ids":
+            arrays[k] = pa.array([list(map(str, b)) for b in v], type=pa.list_(pa.string()))
+        elif k == "patient_id":
+            arrays[k] = pa.array([str(p) for p in v], type=pa.string())
+        else:
+            arrays[k] = pa.array(v)
+    return pa.table(arrays)
+
+
+def to_dataset(cols: Mapping[str, np.ndarray], *, tiles: dict | None = None, rows_per_block: int = 32):
+    """A ``ray.data.Dataset`` of a column dict; ``tiles`` (:class:`TileReader` keywords) adds the bags.
+
+    With tiles the patients go in blocks of ``rows_per_block``, so bag reading streams block by block
+    (and in parallel) instead of one task reading the whole epoch's tiles.
+    """
+    import ray.data
+
+    table = to_arrow(cols)
+    if tiles is None:
+        return ray.data.from_arrow(table)
+    blocks = [table.slice(i, rows_per_block) for i in range(0, max(1, table.num_rows), rows_per_block)]
+    return with_tiles(ray.data.from_arrow(blocks), tiles, readers=min(2, len(blocks)))
+
+
+_READERS: dict = {}
+
+
+class TileReader:
+    """Read each patient's tiles (all its slides) from a bag group of the store.
+
+    ``max_tiles`` caps a patient's bag (a seeded, per-patient sample), as
+    attention-MIL training commonly does for memory.  Used as a Ray Data
+    stage through :func:`read_tiles` (a task-based ``map_batches``: worker
+    processes keep one reader, with its bag index, per store version).
+    """
+
+    def __init__(self, *, store: str, group: str = TILE_GROUP, version: str | None = None,
+                 column: str = TILE_COLUMN, scale: str | None = "tile", max_tiles: int | None = 4096, seed: int = 0):
+        from mmray.store import FeatureStore
+        from mmray.store.manifest import schema_of
+
+        self.store = FeatureStore(store)
+        self.group, self.column, self.max_tiles, self.seed = group, column, max_tiles, seed
+        self.version = version or self.store.latest(group)
+        names = schema_of(self.store.manifest(self.group, version=self.version)).names
+        self.scale = scale if "scale" in names else None  # wsi_tiles holds 256-px tiles and 4096-px regions
+
+    def read(self, patient_id: str, bag_ids) -> np.ndarray | None:
+        parts = []
+        cols = [self.column] + (["scale"] if self.scale else [])
+        for bag in (bag_ids if bag_ids is not None else []):
+            frame = self.store.read_bag(self.group, str(bag), version=self.version, columns=cols)
+            if self.scale:
+                frame = frame[frame["scale"] == self.scale]
+            if len(frame):
+                parts.append(np.stack([np.asarray(v, dtype=np.float32) for v in frame[self.column]]))
+        if not parts:
+            return None
+        tiles = np.concatenate(parts)
+        if self.max_tiles and tiles.shape[0] > self.max_tiles:
+            rng = np.random.default_rng([self.seed, zlib.crc32(str(patient_id).encode())])
+            tiles = tiles[np.sort(rng.choice(tiles.shape[0], self.max_tiles, replace=False))]
+        return tiles
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        bags = [self.read(p, ids) for p, ids in zip(batch["patient_id"], batch["bag_ids"])]
+        dim = next((b.shape[1] for b in bags if b is not None), None)
+        if dim is None:
+            dim = self._dim()
+        out = dict(batch)
+        out["bag"] = np.asarray([b if b is not None else np.zeros((0, dim), np.float32) for b in bags] + [None],
+                                dtype=object)[:-1]
+        return out
+
+    def _dim(self) -> int:
+        first = self.store.bags(self.group, version=self.version)["bag_id"].iloc[0]
+        return len(self.store.read_bag(self.group, first, version=self.version,
+                                           columns=[self.column])[self.column].iloc[0])
+
+
+def read_tiles(batch: dict[str, np.ndarray], **tiles) -> dict[str, np.ndarray]:
+    """Ray Data ``map_batches`` function: add ``bag`` (``[n_tiles, d]`` per patient) to a batch."""
+    key = tuple(sorted((k, str(v)) for k, v in tiles.items()))
+    reader = _READERS.get(key)
+    if reader is None:
+        reader = _READERS[key] = TileReader(**tiles)
+    return reader(batch)
+
+
+def with_tiles(ds, tiles: dict, *, readers: int = 2):
+    """``ds`` plus a streaming stage that reads the tile bags (see :func:`read_tiles`).
+
+    The readers are I/O tasks that ask for no CPU (``num_cpus=0``, at most
+    ``readers`` at a time): training workers hold the cluster's CPUs, and a
+    reader waiting for a CPU they hold would stall the epoch for ever.
+    """
+    import ray.data
+
+    return ds.map_batches(read_tiles, fn_kwargs=tiles, batch_size=8, batch_format="numpy", num_cpus=0,
+                          compute=ray.data.TaskPoolStrategy(size=readers))
+
+
+def to_batch(cols: Mapping[str, np.ndarray], *, modalities: Sequence[str], dims: Mapping[str, int],
+             bag_dim: int | None = None) -> tuple[Batch, torch.Tensor]:
+    """A numpy column batch -> ``(Batch, weight [B])`` with the existing :func:`collate`."""
+    n = len(cols["patient_id"])
+    tab = [m for m in modalities if m != BAG]
+    samples = []
+    for i in range(n):
+        s = {"features": {m: (cols[f"x__{m}"][i] if cols[f"m__{m}"][i] else None) for m in tab},
+             "patient_id": str(cols["patient_id"][i]), "time_days": float(cols["time_days"][i]),
+             "event": bool(cols["event"][i]), "subtype": int(cols["subtype"][i])}
+        if BAG in modalities:
+            s["bag"] = cols["bag"][i] if "bag" in cols else None
+        samples.append(s)
+    batch = collate(samples, modalities=modalities, dims=dims, bag_dim=bag_dim)
+    return batch, torch.from_numpy(np.array(cols["weight"], dtype=np.float32))
+
+
+def iter_columns(cols: Mapping[str, np.ndarray], *, batch_size: int, shuffle_seed: int | None = None
+                 ) -> Iterator[dict[str, np.ndarray]]:
+    """In-memory numpy batches of a column dict (optionally shuffled with ``shuffle_seed``)."""
+    n = len(cols["patient_id"])
+    order = np.arange(n) if shuffle_seed is None else np.random.default_rng(shuffle_seed).permutation(n)
+    for s in range(0, n, batch_size):
+        idx = order[s:s + batch_size]
+        yield {k: v[idx] for k, v in cols.items()}
+
+
+def batches(source, *, batch_size: int, modalities: Sequence[str], dims: Mapping[str, int],
+            bag_dim: int | None = None, shuffle_seed: int | None = None) -> Iterable[tuple[Batch, torch.Tensor]]:
+    """``(Batch, weight)`` pairs from a Ray Dataset / DataIterator shard or an in-memory column dict."""
+    if isinstance(source, Mapping):
+        it = iter_columns(source, batch_size=batch_size, shuffle_seed=shuffle_seed)
+    else:
+        kw = {}
+        if shuffle_seed is not None:
+            kw = {"local_shuffle_buffer_size": max(2 * batch_size, 256), "local_shuffle_seed": shuffle_seed}
+        it = source.iter_batches(batch_size=batch_size, batch_format="numpy", **kw)
+    for cols in it:
+        yield to_batch(cols, modalities=modalities, dims=dims, bag_dim=bag_dim)
+
+
+def bag_ids_of(table: pd.DataFrame, group: str = TILE_GROUP) -> list | None:
+    """Per-row slide ids from a joined training table (``<group>__bag_ids``), or None if not joined."""
+    col = f"{group}__bag_ids"
+    if col not in table.columns:
+        return None
+    return [list(v) if v is not None and not (isinstance(v, float) and np.isnan(v)) else [] for v in table[col]]

@@ -1,0 +1,33 @@
+"""Cross-validate models x modality sets on the store's folds, as a Ray job.
+
+    ray job submit --working-dir . -- python ray_jobs/train.py --config ray_jobs/configs/train.yaml \
+        store=s3://my-store/luad train.workers=2 train.use_gpu=true
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from _entry import parse_args, run  # noqa: E402
+
+from mmray.config import load_config  # noqa: E402
+
+
+def main() -> int:
+    args = parse_args(__doc__)
+    from mmray.cli import init_ray
+    from mmray.train.config import TrainJobConfig
+    from mmray.train.cv import run_train
+
+    cfg = load_config(TrainJobConfig, args.config, args.overrides)
+    init_ray(args.address or ("auto" if os.environ.get("RAY_ADDRESS") else None))
+    report = run_train(cfg)
+    print(report.text())
+    return report.exit_code
+
+
+if __name__ == "__main__":
+    run(main)

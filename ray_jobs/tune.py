@@ -1,0 +1,33 @@
+"""Tune one model's hyperparameters with Ray Tune (ASHA + Optuna) on the store's folds, as a Ray job.
+
+    ray job submit --working-dir . -- python ray_jobs/tune.py --config ray_jobs/configs/tune.yaml \
+        store=s3://my-store/luad model=attention_fusion search.num_samples=64
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from _entry import parse_args, run  # noqa: E402
+
+from mmray.config import load_config  # noqa: E402
+
+
+def main() -> int:
+    args = parse_args(__doc__)
+    from mmray.cli import init_ray
+    from mmray.tune.config import TuneJobConfig
+    from mmray.tune.tuner import run_tune
+
+    cfg = load_config(TuneJobConfig, args.config, args.overrides)
+    init_ray(args.address or ("auto" if os.environ.get("RAY_ADDRESS") else None))
+    report = run_tune(cfg)
+    print(report.text())
+    return report.exit_code
+
+
+if __name__ == "__main__":
+    run(main)
