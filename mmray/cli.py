@@ -295,11 +295,84 @@ def _run_tune(args: argparse.Namespace) -> int:
     return _run_job(args, TuneJobConfig, run_tune)
 
 
+def _setup_pipeline(sub) -> None:
+    _add_job_parser(
+        sub, "pipeline", help="run the stages in order from one YAML, skipping what the store holds",
+        description="Run synth, ingest, train, tune, register, signatures, serve and report in order "
+                    "(or the `stages` the config lists); each step skips what the store already holds.",
+        example="stages=[ingest,train] cohort=/data/cohort.yaml", func=_run_pipeline)
+
+
+def _run_pipeline(args: argparse.Namespace) -> int:
+    from mmray.pipeline import PipelineConfig, run_pipeline
+
+    return _run_job(args, PipelineConfig, run_pipeline)
+
+
+# --- register ---------------------------------------------------------------
+
+
+def _setup_register(sub) -> None:
+    p = sub.add_parser("register", help="gate and register a tuned model (mmray tune's best) for serving",
+                       description="Wrap a Ray Tune run's refitted best model with its fitted preprocessing as "
+                                   "an MLflow pyfunc (features by training-table column name), gate it on the "
+                                   "run's cross-validated metric and register it with lineage and the champion "
+                                   "alias; a model that fails the gate is logged with the reason.")
+    p.add_argument("--store", required=True, help="the feature store the run was tuned on")
+    p.add_argument("--tune-run", required=True, help="tune output folder, or a run name under <store>/_results/")
+    p.add_argument("--name", default=None, help="registered model name (default mmray__<model>)")
+    p.add_argument("--config", default=None, help="register YAML (see ray_jobs/configs/register.yaml)")
+    p.add_argument("--force", action="store_true", help="register again a model registered before with this gate")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. registry.gate.threshold=0.6")
+    _add_address(p)  # accepted like every command; registration itself runs in this process
+    p.set_defaults(func=_run_register)
+
+
+def _run_register(args: argparse.Namespace) -> int:
+    from mmray.config import load_config
+    from mmray.registry.trained import RegisterConfig, exit_code, outcome_text, run_register
+
+    overrides = [f"store={args.store}", f"tune_run={args.tune_run}", *args.overrides]
+    if args.name:
+        overrides.append(f"name={args.name}")
+    if args.force:
+        overrides.append("force=true")
+    outcome = run_register(load_config(RegisterConfig, args.config, overrides))
+    print(outcome_text(outcome))
+    return exit_code(outcome)
+
+
+# --- report -----------------------------------------------------------------
+
+
+def _setup_report(sub) -> None:
+    p = sub.add_parser("report", help="write the self-contained HTML report of a run",
+                       description="One HTML file (images embedded): cohort and modality coverage, failures, "
+                                   "leakage and bias findings, cross-validated results, ablation, Kaplan-Meier "
+                                   "curves with the log-rank test, signature models, slide heatmaps. Sections "
+                                   "whose inputs are missing say which command makes them.")
+    p.add_argument("--store", required=True, help="feature store folder or s3://bucket/prefix")
+    p.add_argument("--out", default=None, help="HTML file (default <store>/_reports/report.html)")
+    p.add_argument("--cohort", default=None, help="cohort.yaml: its name and manifest (slide files)")
+    p.add_argument("--run", default=None, help="train run under <store>/_results (default: the newest)")
+    p.add_argument("--address", default=None, help="accepted like every command's; the report reads files only")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from mmray.report.build import ReportConfig, run_report
+
+    path = run_report(ReportConfig(store=args.store, out=args.out, cohort=args.cohort, run=args.run))
+    print(f"report written to {path}")
+    return EXIT_OK
+
+
 # --- demo -------------------------------------------------------------------
 
 
 def _setup_demo(sub) -> None:
-    p = sub.add_parser("demo", help="run every stage that exists on a synthetic cohort")
+    p = sub.add_parser("demo", help="every stage on the demo synthetic cohort, then report.html "
+                                     "(settings: ray_jobs/configs/demo.yaml)")
     p.add_argument("--out", default="demo_out", help="work folder for the demo")
     p.add_argument("--profile", choices=["tiny", "demo", "large"], default="demo")
     p.add_argument("--patients", type=int, default=None)
@@ -331,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     _setup_serve(sub)
     _setup_train(sub)
     _setup_tune(sub)
+    _setup_register(sub)
+    _setup_pipeline(sub)
+    _setup_report(sub)
     _setup_demo(sub)
     return parser
 

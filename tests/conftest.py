@@ -50,6 +50,12 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+@pytest.fixture(scope="session")
+def free_ports():
+    """``free_ports(n)``: n distinct TCP ports free on 127.0.0.1 right now."""
+    return _free_ports
+
+
 def _weed_binary() -> str | None:
     here = Path(sys.executable).parent / "weed"
     return str(here) if here.exists() else shutil.which("weed")

@@ -2,7 +2,9 @@
 
 Modules: :mod:`.config` (where MLflow is, the gate, the alias), :mod:`.gate`,
 :mod:`.lineage` (tags and model names), :mod:`.pyfunc` (the pyfunc wrapper),
-:mod:`.registry` (:class:`Registry`), :mod:`.signatures` (``mmray signatures``).
+:mod:`.registry` (:class:`Registry`), :mod:`.signatures` (``mmray signatures``),
+:mod:`.trained` (``mmray register``: a tuned model, read by :mod:`.tune_run` and
+wrapped by :mod:`.tuned_model`).
 Importing this package does not import MLflow.
 """
 

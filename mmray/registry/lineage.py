@@ -84,6 +84,13 @@ class Lineage:
     def genes_hash(self) -> str:
         return genes_hash(self.genes_in_set)
 
+    def model_tags(self) -> dict[str, str]:
+        """Tags of the registered model (set when it is created)."""
+        return {TAG + "signature": self.signature}
+
+    def model_description(self) -> str:
+        return f"mmray survival model on gene signature {self.signature}"
+
     def run_tags(self) -> dict[str, str]:
         """Tags of the MLflow run (values fit MLflow's 8000-character run tag limit)."""
         missing = [g for g in self.genes_in_set if g not in set(self.genes_found)]

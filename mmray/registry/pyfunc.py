@@ -37,6 +37,8 @@ PIP_REQUIREMENTS = ("mlflow", "scikit-learn", "scikit-survival", "numpy", "panda
 class SurvivalPyfunc(mlflow.pyfunc.PythonModel):
     """A fitted estimator + feature names + survival grid, as an MLflow pyfunc model."""
 
+    pip_requirements: tuple[str, ...] = PIP_REQUIREMENTS  # what the model's code imports (subclasses add)
+
     def __init__(self, estimator: Any, *, features: list[str], times_days=(), info: dict | None = None,
                  reference_x: np.ndarray | None = None):
         if not hasattr(estimator, "predict"):
@@ -78,6 +80,10 @@ class SurvivalPyfunc(mlflow.pyfunc.PythonModel):
     def has_survival(self) -> bool:
         return self.times_days.size > 0 and hasattr(self.estimator, "predict_survival_function")
 
+    def input_types(self) -> list[str]:
+        """MLflow type of each feature column in the model signature."""
+        return ["double"] * len(self.features)
+
     def output_columns(self) -> list[str]:
         cols = ["risk"]
         if self.has_survival:
@@ -116,7 +122,7 @@ def model_signature(model: SurvivalPyfunc):
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    return ModelSignature(inputs=Schema([ColSpec("double", f) for f in model.features]),
+    return ModelSignature(inputs=Schema([ColSpec(t, f) for t, f in zip(model.input_types(), model.features)]),
                           outputs=Schema([ColSpec("double", c) for c in model.output_columns()]))
 
 
@@ -131,7 +137,7 @@ def log_pyfunc(client, run_id: str, model: SurvivalPyfunc) -> str:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "no input example": deliberately none (it would be patient data)
                 mlflow.pyfunc.save_model(path, python_model=model, signature=model_signature(model),
-                                         pip_requirements=list(PIP_REQUIREMENTS))
+                                         pip_requirements=list(model.pip_requirements))
             client.log_artifacts(run_id, path, ARTIFACT_PATH)
         except Exception as e:  # MLflow raises many types (MlflowException, OSError, pickling)
             raise RegistryError(f"cannot log the model of run {run_id}: {e}; check the artifact "

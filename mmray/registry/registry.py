@@ -203,9 +203,8 @@ class Registry:
 
         source = log_pyfunc(self.client, run_id, cand.model)
         try:
-            self.client.create_registered_model(
-                cand.name, tags={TAG + "signature": cand.lineage.signature},
-                description=f"mmray survival model on gene signature {cand.lineage.signature}")
+            self.client.create_registered_model(cand.name, tags=cand.lineage.model_tags(),
+                                                description=cand.lineage.model_description())
         except MlflowException as e:
             if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
                 raise RegistryError(f"cannot create registered model {cand.name!r}: {e}") from e
