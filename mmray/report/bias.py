@@ -122,6 +122,11 @@ def bias_report(raw: pd.DataFrame, *, labels: pd.DataFrame, cfg: BiasConfig = Bi
 
 
 def bias_html(report: dict) -> str:
+    return render.page("Bias report", bias_sections(report))
+
+
+def bias_sections(report: dict, *, heading: str = "h2") -> list[str]:
+    """The report's HTML parts (one chart and table per attribute); ``heading`` tags the attribute titles."""
     sections = [(f"<p>{report['n_rows']} labelled patients. DPL = q<sub>a</sub> &minus; q<sub>d</sub>: the label "
                  f"rate in the facet minus the rate in the rest; class imbalance = (n<sub>a</sub> &minus; "
                  f"n<sub>d</sub>) / n.</p>")]
@@ -146,8 +151,8 @@ def bias_html(report: dict) -> str:
         ax.set_ylabel("label rate")
         ax.set_ylim(0, 1)
         ax.legend(fontsize=7)
-        sections += [f"<h2>{render.fmt(attr['attribute'])} (column {render.fmt(attr['column'])})</h2>",
+        sections += [f"<{heading}>{render.fmt(attr['attribute'])} (column {render.fmt(attr['column'])})</{heading}>",
                      render.img_tag(fig, alt=f"label rates by {attr['attribute']}"), render.table(rows, cols)]
     for s in report["skipped"]:
         sections.append(f"<p>Skipped {render.fmt(s['attribute'])}: {render.fmt(s['reason'])}</p>")
-    return render.page("Bias report", sections)
+    return sections

@@ -251,6 +251,11 @@ def _reasons(row: dict, cfg: LeakageConfig, *, n_rows: int) -> list[str]:
 
 
 def leakage_html(report: dict) -> str:
+    return render.page("Target leakage report", leakage_sections(report))
+
+
+def leakage_sections(report: dict) -> list[str]:
+    """The report's HTML parts (summary, chart, table), for its own page or the run report."""
     cols = report["columns"]
     fig = render.new_figure(7.5, 0.3 * max(len(cols), 4) + 1.2)
     ax = fig.add_subplot(1, 1, 1)
@@ -277,4 +282,4 @@ def leakage_html(report: dict) -> str:
                                     ("auc_event", "AUC event"), ("c_index", "C-index"),
                                     ("auc_subtype", "AUC subtype"), ("after_index_fraction", "after index date"),
                                     ("reasons", "why flagged")], mark=lambda r: r["flagged"])]
-    return render.page("Target leakage report", sections)
+    return sections

@@ -135,7 +135,7 @@ def run_train(cfg: TrainJobConfig) -> TrainReport:
     data = load_job_data(cfg, store, layout)
     settings = settings_of(cfg)
     notes: list[str] = []
-    res_rows, preds, imps = [], [], []
+    res_rows, preds, imps, atts = [], [], [], []
     plan = []
     for task in cfg.tasks:
         for entry in cfg.models:
@@ -183,6 +183,8 @@ def run_train(cfg: TrainJobConfig) -> TrainReport:
             preds.append(out.predictions.assign(**key))
             if out.importances is not None:
                 imps.append(out.importances.assign(**key))
+            if out.attention is not None and len(out.attention):
+                atts.append(out.attention.assign(**key))
             head = "auc" if task == "subtype" else "harrell_c"
             log.info("[%d/%d] %s %-16s %-14s fold %d/%d: %s=%.3f (%.1f s)", i, len(plan), task, entry.name, set_name,
                      fold + 1, cfg.folds.n_folds, head, out.metrics.get(head, float("nan")),
@@ -203,6 +205,8 @@ def run_train(cfg: TrainJobConfig) -> TrainReport:
              "ablation.png": ablation_png(ablation)}
     if len(importances):
         files["importances.parquet"] = R.parquet_bytes(importances)
+    if atts:
+        files["attention.parquet"] = R.parquet_bytes(pd.concat(atts, ignore_index=True))
     files["results.json"] = R.json_bytes({**meta, "results": R.records(results), "summary": R.records(summary),
                                           "ablation": R.records(ablation)})
     written = R.write_outputs(output, files)

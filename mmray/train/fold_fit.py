@@ -23,6 +23,7 @@ from mmray.errors import DataError
 from mmray.models.batch import BAG
 from mmray.models.losses import TimeBins, balanced_class_weights
 from mmray.train import data as D
+from mmray.train.attention import tile_attention
 from mmray.train.evaluate import FoldScore, risk_of, score_subtype, score_survival, softmax
 from mmray.train.folds import inner_split, split
 from mmray.train.preprocess import ModalityLayout, Preprocessor
@@ -67,6 +68,7 @@ class FoldOutcome:
     info: dict = field(default_factory=dict)  # best_epoch, seconds, n_train, ...
     importances: pd.DataFrame | None = None
     notes: list[str] = field(default_factory=list)
+    attention: pd.DataFrame | None = None  # MIL models: per-tile attention on the test fold (slide heatmaps)
 
 
 @dataclass
@@ -200,7 +202,11 @@ def fit_fold_torch(*, model: str, hparams: Mapping, task: str, modalities: Seque
     info = {"best_epoch": fit.best_epoch, "best_val_score": fit.best_score, "epochs_run": len(fit.history),
             "seconds": fit.seconds, "n_fit": len(rows.fit), "n_val": len(rows.val), "n_test": len(rows.test),
             "dims": dict(tf.pre.dims), "checkpoint": fit.checkpoint}
-    return FoldOutcome(score.metrics, preds, info, notes=score.notes)
+    attention = None
+    if tf.tiles is not None and hasattr(fit.model, "forward_with_attention"):
+        attention = tile_attention(fit.model, tf.cols["test"], store=s.store, group=s.tile_group, dims=tf.pre.dims,
+                                   bag_dim=tf.spec.bag_dim, fold=fold)
+    return FoldOutcome(score.metrics, preds, info, notes=score.notes, attention=attention)
 
 
 def _align(pred, ids: Sequence[str]) -> np.ndarray:

@@ -16,7 +16,9 @@ within each test fold (so fold-specific risk scales never mix).
 Files under ``<output>`` (a local folder or ``s3://``; by default
 ``<store>/_results/<run>``): ``results.parquet``, ``summary.parquet``,
 ``predictions.parquet`` (held-out outputs with labels, for Kaplan-Meier
-plots), ``importances.parquet`` (HEEC gain per fold), ``ablation.csv``,
+plots), ``importances.parquet`` (HEEC gain per fold), ``attention.parquet``
+(per-tile attention of MIL models on their test folds, for slide heatmaps:
+:mod:`mmray.train.attention`), ``ablation.csv``,
 ``ablation.png`` and ``results.json`` (config, data versions, folds, all
 tables as records).
 """

@@ -161,6 +161,13 @@ def test_mil_bags_stream_from_the_store_and_batch_with_collate(tmp_path):
         "models=[{name: porpoise, sets: [path]}]", "modality_sets={path: [tiles, clinical]}"]))
     assert (rep.results["status"] == "ok").all() and len(rep.results) == 2
     assert rep.results["harrell_c"].between(0, 1).all()
+    # per-tile attention of every held-out patient with tiles: all its tiles, at the bag's coordinates
+    att = pd.read_parquet(tmp_path / "out" / "attention.parquet")
+    n_tiles = {p: len(b) for p, b in zip(c.patient_ids, c.bags) if b is not None and len(b)}
+    assert set(att["patient_id"]) == set(rep.predictions["patient_id"]) & set(n_tiles)
+    for p, g in att.groupby("patient_id"):
+        assert sorted(g["x"]) == [256 * k for k in range(n_tiles[p])] and (g["size_l0"] == 256).all()
+    np.testing.assert_allclose(att.groupby("patient_id")["attention"].sum(), 1.0, rtol=1e-5)
 
 
 def test_cli_train_writes_the_results_table(tmp_path, capsys):
