@@ -1,5 +1,5 @@
 # Two commands set everything up on a fresh machine (see README.md):
-#   make demo   synthetic cohort -> every stage that exists -> summary
+#   make demo   synthetic cohort -> every stage (ray_jobs/configs/demo.yaml) -> report.html + summary
 #   make test   the test suite (what CI runs)
 # Both build .venv first when it is missing or the requirements changed;
 # `make setup` builds it alone and is a fast no-op when nothing changed.

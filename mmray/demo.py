@@ -1,84 +1,65 @@
-"""``make demo``: run every stage that exists on a synthetic cohort, say which don't yet."""
+"""``make demo``: the ``demo`` synthetic cohort through every stage of the pipeline, then a summary.
+
+The settings live in ``ray_jobs/configs/demo.yaml`` (a pipeline config sized
+for 2 CPU cores; its header says where the time goes). This module points
+that config at one work folder (cohort in ``<out>/cohort``, store in
+``<out>/store``), applies ``--profile/--patients/--seed``, runs
+:func:`mmray.pipeline.run_pipeline` on the Ray the CLI started, and prints
+per-stage timings, the served predictions and where ``report.html`` is.
+"""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
+import textwrap
 from pathlib import Path
 
-from mmray.cli import EXIT_OK
-from mmray.cohort import load_cohort
+from mmray.config import build, deep_merge, load_yaml
+from mmray.pipeline import PipelineConfig, PipelineReport, run_pipeline
+
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "ray_jobs" / "configs" / "demo.yaml"
 
 
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    issue: str
-    built: bool  # runs in this demo
-    what: str
-    exists: bool = False  # built as a command, but not yet part of the demo
+def demo_config(*, out_dir: str | Path, profile: str | None = None, patients: int | None = None,
+                seed: int | None = None, config: str | Path = DEMO_CONFIG) -> PipelineConfig:
+    """``config`` with its store and cohort in ``out_dir`` (absolute: Ray workers may run elsewhere)."""
+    out = Path(out_dir).resolve()
+    synth = {"out": str(out / "cohort")}
+    synth.update({k: v for k, v in (("profile", profile), ("patients", patients), ("seed", seed))
+                  if v is not None})
+    data = deep_merge(load_yaml(config), {"store": str(out / "store"), "cohort": None, "synth": synth})
+    return build(PipelineConfig, data, source=str(config))
 
 
-# The data flow of DESIGN.md, in order, with what exists today.
-STAGES: tuple[Stage, ...] = (
-    Stage("synth", "#2", True, "synthetic cohort in real file formats + truth.json"),
-    Stage("validate", "#2", True, "cohort.yaml and every file it names"),
-    Stage("ingest wsi", "#3", False, "tiles, encoder pools, extremum encoding", exists=True),
-    Stage("ingest ct", "#4", False, "DICOM + SEG volumes, radiomics", exists=True),
-    Stage("store + tables", "#5", True, "feature store, genomics/clinical, leakage and bias reports"),
-    Stage("train + tune", "#6", False, "fusion models, cross-validation, Ray Tune"),
-    Stage("registry + serve", "#7", False, "MLflow gates, signature fan-out, Ray Serve", exists=True),
-    Stage("report", "#8", False, "HTML report, cluster jobs"),
-)
+def summary(report: PipelineReport, *, cfg: PipelineConfig) -> str:
+    """The stage table, the served queries and where the outputs are."""
+    lines = ["", "Demo summary", textwrap.indent(report.text(), "  ")]
+    serve = report.stage("serve")
+    if serve is not None and serve.data.get("queries"):
+        lines += ["", f"Served at {serve.data['url']} ({len(serve.data['models'])} model(s)); predictions:"]
+        lines += [f"  {_query_line(q)}" for q in serve.data["queries"]]
+    lines.append("")
+    built = report.stage("report")
+    if built is not None and built.status == "ran":
+        lines.append(f"Report: {Path(built.data['path']).resolve()}")
+    lines.append(f"Cohort: {Path(cfg.synth.out).resolve()} (truth.json holds the planted effects)")
+    lines.append(f"Store:  {Path(cfg.store).resolve()} (rerun to skip the stages already done)")
+    return "\n".join(lines)
 
 
-def _timed(label: str, fn: Callable[[], str], timings: list[tuple[str, float, str]]) -> None:
-    print(f"==> {label}", flush=True)
-    start = time.perf_counter()
-    detail = fn()
-    timings.append((label, time.perf_counter() - start, detail))
-    print(f"    {detail}", flush=True)
+def _query_line(q: dict) -> str:
+    """One served prediction: model, HTTP status, latency, predicted risks (or the error)."""
+    ms = f"{q['latency_ms']:7.1f} ms" if q.get("latency_ms") is not None else "      - ms"
+    result = (f"risk [{', '.join(f'{r:.3f}' for r in q['risk'])}]" if q.get("status") == 200
+              else f"error: {q.get('error', '')[:120]}")
+    return f"{q['model']:<40} HTTP {q.get('status') or '-':<4} {ms}  {result}"
 
 
-def run_demo(*, out_dir: str | Path, profile: str, patients: int | None, seed: int) -> int:
-    from mmray.synth.cohort import write_cohort
-
-    out = Path(out_dir)
-    cohort_dir = out / "cohort"
-    timings: list[tuple[str, float, str]] = []
-    _timed("synth", lambda: write_cohort(cohort_dir, patients=patients, seed=seed, profile=profile,
-                                         corrupt=4).summary(), timings)
-
-    def validate() -> str:
-        cohort = load_cohort(cohort_dir / "cohort.yaml")
-        manifest = cohort.manifest()
-        n_patients = manifest["patient_id"].nunique()
-        by_mod = manifest.groupby("modality")["patient_id"].nunique().to_dict()
-        return (f"cohort {cohort.spec.name}: parts {', '.join(cohort.modalities())}; "
-                f"patients with images {n_patients} {by_mod}")
-
-    _timed("validate", validate, timings)
-
-    def tables() -> str:
-        from mmray.ingest.run import IngestConfig, run_ingest
-
-        reports = run_ingest(IngestConfig(cohort=str(cohort_dir / "cohort.yaml"), store=str(out / "store"),
-                                          modalities=("clinical", "expression", "mutations", "cnv")),
-                             progress=lambda line: print(line, flush=True))
-        groups = ", ".join(f"{g}@{v}" for r in reports for g, v in r.groups.items())
-        failed = sum(len(r.failures) for r in reports)
-        return f"store {out / 'store'}: {groups or 'up to date'}; {failed} malformed input(s) recorded"
-
-    _timed("store + tables", tables, timings)
-
-    print("\nStages")
-    print(f"  {'stage':<18} {'issue':<6} {'status':<12} what")
-    for s in STAGES:
-        status = "ran" if s.built else ("command only" if s.exists else "not built yet")
-        print(f"  {s.name:<18} {s.issue:<6} {status:<12} {s.what}")
-    print("\nTimings")
-    for label, seconds, _ in timings:
-        print(f"  {label:<18} {seconds:8.1f} s")
-    print(f"\nCohort written to {cohort_dir.resolve()} (truth.json holds the planted effects).")
-    return EXIT_OK
+def run_demo(*, out_dir: str | Path, profile: str | None = None, patients: int | None = None,
+             seed: int | None = None) -> int:
+    """Run the demo pipeline (Ray already initialised by the CLI) and print its summary; the exit status."""
+    cfg = demo_config(out_dir=out_dir, profile=profile, patients=patients, seed=seed)
+    print(f"mmray demo: {', '.join(cfg.stages)} ({DEMO_CONFIG.name}); work folder {Path(out_dir).resolve()}",
+          flush=True)
+    report = run_pipeline(cfg, progress=lambda line: print(line, flush=True))
+    print(summary(report, cfg=cfg), flush=True)
+    return report.exit_code

@@ -1,7 +1,7 @@
 """Ingest a cohort's modalities into the feature store, as a Ray job.
 
-    ray job submit --working-dir . -- python ray_jobs/ingest.py --config ray_jobs/configs/ingest.yaml \
-        cohort=s3://my-cohorts/luad/cohort.yaml store=s3://my-store/luad
+    ray job submit --working-dir . --runtime-env ray_jobs/runtime_env.yaml -- python ray_jobs/ingest.py \
+        --config ray_jobs/configs/ingest.yaml cohort=s3://my-cohorts/luad/cohort.yaml store=s3://my-store/luad
 """
 
 from __future__ import annotations

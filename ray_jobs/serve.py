@@ -1,7 +1,7 @@
 """Deploy the multiplexed model server (Ray Serve) on the cluster, as a Ray job.
 
-    ray job submit --working-dir . -- python ray_jobs/serve.py --config ray_jobs/configs/serve.yaml \
-        host=0.0.0.0 port=8000
+    ray job submit --working-dir . --runtime-env ray_jobs/runtime_env.yaml -- python ray_jobs/serve.py \
+        --config ray_jobs/configs/serve.yaml host=0.0.0.0 port=8000
 
 The application outlives the job (Serve applications are detached); `serve
 shutdown` or `serve delete mmray` stops it. Run locally (no cluster), the

@@ -1,7 +1,7 @@
 """Train, gate and register one survival model per gene signature, as a Ray job.
 
-    ray job submit --working-dir . -- python ray_jobs/signatures.py --config ray_jobs/configs/signatures.yaml \
-        cohort=s3://bucket/cohort/cohort.yaml store=s3://bucket/store
+    ray job submit --working-dir . --runtime-env ray_jobs/runtime_env.yaml -- python ray_jobs/signatures.py \
+        --config ray_jobs/configs/signatures.yaml cohort=s3://bucket/cohort/cohort.yaml store=s3://bucket/store
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Write a synthetic cohort as a Ray job.
 
-    ray job submit --working-dir . -- python ray_jobs/synth.py --config ray_jobs/configs/synth.yaml out=/tmp/c
+    ray job submit --working-dir . --runtime-env ray_jobs/runtime_env.yaml -- python ray_jobs/synth.py \
+        --config ray_jobs/configs/synth.yaml out=/tmp/c
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Cross-validate models x modality sets on the store's folds, as a Ray job.
 
-    ray job submit --working-dir . -- python ray_jobs/train.py --config ray_jobs/configs/train.yaml \
-        store=s3://my-store/luad train.workers=2 train.use_gpu=true
+    ray job submit --working-dir . --runtime-env ray_jobs/runtime_env.yaml -- python ray_jobs/train.py \
+        --config ray_jobs/configs/train.yaml store=s3://my-store/luad train.workers=2 train.use_gpu=true
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Tune one model's hyperparameters with Ray Tune (ASHA + Optuna) on the store's folds, as a Ray job.
 
-    ray job submit --working-dir . -- python ray_jobs/tune.py --config ray_jobs/configs/tune.yaml \
-        store=s3://my-store/luad model=attention_fusion search.num_samples=64
+    ray job submit --working-dir . --runtime-env ray_jobs/runtime_env.yaml -- python ray_jobs/tune.py \
+        --config ray_jobs/configs/tune.yaml store=s3://my-store/luad model=attention_fusion search.num_samples=64
 """
 
 from __future__ import annotations

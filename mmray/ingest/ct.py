@@ -23,6 +23,7 @@ everything.
       seg_position_tolerance_mm: 0.1   # SEG frame <-> CT slice position match
       write_nifti: false               # image/mask .nii.gz under <store>/nifti/<patient>/<study>/
       num_cpus_per_study: 1            # Ray CPUs per study task
+      task_resources: {}               # custom Ray resources per study task, e.g. {ingest_cpu: 1}
       io_tries: 4                      # tries for transient storage errors (exponential backoff)
       io_base_delay_s: 0.5
       scratch_dir: null                # local scratch for s3:// DICOM folders (default: system temp)
@@ -34,7 +35,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import pandas as pd
@@ -59,6 +60,7 @@ class CtConfig:
     seg_position_tolerance_mm: float = 0.1
     write_nifti: bool = False
     num_cpus_per_study: float = 1.0
+    task_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per study task
     io_tries: int = 4
     io_base_delay_s: float = 0.5
     scratch_dir: str | None = None
@@ -69,6 +71,9 @@ class CtConfig:
                 yield name, f"must be > 0 mm, got {getattr(self, name)}"
         if self.num_cpus_per_study <= 0:
             yield "num_cpus_per_study", f"must be > 0, got {self.num_cpus_per_study}"
+        for name, amount in self.task_resources.items():
+            if amount <= 0:
+                yield f"task_resources.{name}", f"must be > 0, got {amount}"
         if self.io_tries < 1:
             yield "io_tries", f"must be at least 1, got {self.io_tries}"
         if self.io_base_delay_s < 0:
@@ -151,7 +156,7 @@ def ingest_ct(ctx, *, on_result: Callable[[dict], None] | None = None) -> Modali
                        reusable=frozenset(reusable.get(ctx.patient_key(j.patient_id), ())))
             for j in jobs]
     results = run_tasks(jobs, settings, patient_key=ctx.patient_key, store_uri=ctx.store.uri,
-                        num_cpus=cfg.num_cpus_per_study, on_result=on_result)
+                        num_cpus=cfg.num_cpus_per_study, resources=cfg.task_resources, on_result=on_result)
     rows, sources, notes = [], [], OrderedDict()
     for job, res in zip(jobs, results):
         for note in res["notes"]:
@@ -193,13 +198,18 @@ def _write(store, report: ModalityReport, *, rows: list[dict], sources: list[dic
 
 
 def run_tasks(jobs: list[PatientJob], settings: StudySettings, *, patient_key, store_uri: str,
-              num_cpus: float = 1.0, on_result: Callable[[dict], None] | None = None) -> list[dict]:
-    """Run one Ray task per patient; results in job order, logged as they finish."""
+              num_cpus: float = 1.0, resources: dict[str, float] | None = None,
+              on_result: Callable[[dict], None] | None = None) -> list[dict]:
+    """Run one Ray task per patient; results in job order, logged as they finish.
+
+    ``resources``: custom Ray resources each task asks for (e.g. ``{"ingest_cpu": 1}``), so the
+    tasks land on the node type that offers them.
+    """
     import ray
 
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
-    task = ray.remote(num_cpus=num_cpus, max_retries=1)(_study_task)
+    task = ray.remote(num_cpus=num_cpus, resources=resources or None, max_retries=1)(_study_task)
     refs = [task.remote(job, settings, patient_key, store_uri) for job in jobs]
     index = {ref: i for i, ref in enumerate(refs)}
     results: list[dict | None] = [None] * len(jobs)

@@ -113,6 +113,25 @@ def plan(cfg: IngestConfig, cohort: Cohort) -> list[tuple[str, Callable, Any]]:
     return steps
 
 
+def section_problems(cfg: IngestConfig) -> list[tuple[str, str]]:
+    """Problems in the sections the config sets (tables, wsi, ct), found without the cohort.
+
+    ``plan`` checks the same when the job starts; this lets a longer job (the
+    pipeline, whose cohort may not exist yet) report them before anything runs.
+    """
+    problems: list[tuple[str, str]] = []
+    for section in dict.fromkeys(CONFIG_SECTION.values()):
+        if not getattr(cfg, section):
+            continue  # every field has a working default
+        modality = next(m for m, s in CONFIG_SECTION.items() if s == section)
+        _, config_cls = _resolve(modality)
+        try:
+            build(config_cls, getattr(cfg, section))
+        except ConfigError as e:
+            problems += [(f"{section}.{p}" if p else section, msg) for p, msg in e.problems]
+    return problems
+
+
 def needs_ray(cfg: IngestConfig) -> bool:
     """Whether the modalities this job would run need a Ray cluster (tables alone do not)."""
     wanted = cfg.modalities or tuple(load_cohort(cfg.cohort).modalities())

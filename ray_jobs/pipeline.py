@@ -1,0 +1,32 @@
+"""Run the stages in order from one YAML, each skipping what the store already holds, as a Ray job.
+
+    ray job submit --working-dir . --runtime-env ray_jobs/runtime_env.yaml -- python ray_jobs/pipeline.py \
+        --config ray_jobs/configs/pipeline.yaml cohort=s3://my-cohorts/luad/cohort.yaml store=s3://my-store/luad
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from _entry import parse_args, run  # noqa: E402
+
+from mmray.config import load_config  # noqa: E402
+
+
+def main() -> int:
+    args = parse_args(__doc__)
+    from mmray.cli import init_ray
+    from mmray.pipeline import PipelineConfig, run_pipeline
+
+    cfg = load_config(PipelineConfig, args.config, args.overrides)
+    init_ray(args.address or ("auto" if os.environ.get("RAY_ADDRESS") else None))
+    report = run_pipeline(cfg, progress=lambda line: print(line, flush=True))
+    print(report.text())
+    return report.exit_code
+
+
+if __name__ == "__main__":
+    run(main)
