@@ -50,6 +50,26 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+_MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def _restoring_mlflow_env():
+    before = {k: os.environ.get(k) for k in _MLFLOW_ENV}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+# ``mlflow.set_tracking_uri`` (in tests and module fixtures) exports MLFLOW_TRACKING_URI, which mmray
+# reads as the user's registry: put the environment back after every module and every test, so no
+# test logs into another's registry. (Autouse fixtures set up before the other fixtures of their scope.)
+_mlflow_env_per_module = pytest.fixture(scope="module", autouse=True)(_restoring_mlflow_env)
+_mlflow_env_per_test = pytest.fixture(autouse=True)(_restoring_mlflow_env)
+
+
 @pytest.fixture(scope="session")
 def free_ports():
     """``free_ports(n)``: n distinct TCP ports free on 127.0.0.1 right now."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -96,8 +97,17 @@ class Registry:
         """Point this process's MLflow globals here (``models:/`` URIs resolve against it)."""
         import mlflow
 
+        # mlflow's setters also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, which
+        # resolve_tracking reads as the user's choice: keep the environment as the user left it,
+        # or every later stage in this process would log into this registry.
+        before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
     # ------------------------------------------------------------------ runs
     @property
