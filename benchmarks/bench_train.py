@@ -48,17 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmray.synth.arrays import simple_cohort
 from mmray.train import data as D
-from mmray.train.preprocess import Prepared
 
 DIMS = {"clinical": 16, "expression": 256, "radiomics": 32}
 
-
-def _prepared(c, idx) -> Prepared:
-    mods = tuple(DIMS)
-    return Prepared(features={m: c.features[m][idx] * c.present[m][idx, None] for m in mods},
-                    mask=np.stack([c.present[m][idx] for m in mods], 1), modalities=mods,
-                    patient_ids=[c.patient_ids[i] for i in idx], time_days=c.time_days[idx], event=c.event[idx],
-                    subtype=c.subtype[idx])
 
 
 def bench_torch(c, *, workers: int, threads: int, epochs: int, workdir: Path, name: str) -> dict:
@@ -66,7 +58,7 @@ def bench_torch(c, *, workers: int, threads: int, epochs: int, workdir: Path, na
 
     n = c.n
     n_val = max(64, n // 8)
-    fit, val = _prepared(c, np.arange(n - n_val)), _prepared(c, np.arange(n - n_val, n))
+    fit, val = c.prepared(np.arange(n - n_val)), c.prepared(np.arange(n - n_val, n))
     spec = TorchSpec(model="early_fusion", task="survival_cox", modality_dims=DIMS, n_out=1, batch_size=256,
                      max_epochs=epochs, patience=10 * epochs, lr=1e-3, seed=0)
     t0 = time.perf_counter()

@@ -163,13 +163,20 @@ class TunedEstimator:
         x = np.asarray(x, dtype=float)
         if x.ndim != 2 or x.shape[1] != len(self.features):
             raise DataError(f"expected an array [n, {len(self.features)}] in feature order, got shape {x.shape}")
-        out = pd.DataFrame(np.full((x.shape[0], len(self.columns.inputs)), np.nan), columns=self.columns.inputs)
-        out[self.features] = x
+        # Built in numpy and framed once: column-wise pandas assignment over thousands of columns
+        # costs seconds per request.
+        at = {c: j for j, c in enumerate(self.columns.inputs)}
+        values = np.full((x.shape[0], len(at)), np.nan)
+        values[:, [at[f] for f in self.features]] = x
+        flags = {}
         for flag, cols in self.groups.items():  # bool flags, and NaN values where a group is absent, as joined
-            present = out[flag].fillna(0).astype(bool).to_numpy()
+            present = np.nan_to_num(values[:, at[flag]], nan=0.0).astype(bool)
+            flags[flag] = present
+            if not present.all() and cols:
+                values[np.ix_(~present, [at[c] for c in cols])] = np.nan
+        out = pd.DataFrame(values, columns=self.columns.inputs)
+        for flag, present in flags.items():
             out[flag] = present
-            if not present.all():
-                out.loc[~present, cols] = np.nan
         return out
 
     def outputs(self, x: np.ndarray) -> np.ndarray:

@@ -42,6 +42,18 @@ class PlantedCohort:
     def n(self) -> int:
         return len(self.patient_ids)
 
+    def prepared(self, idx: np.ndarray | None = None):
+        """Rows ``idx`` (default all) as already-transformed model input, absent modalities zeroed and masked
+        (:class:`mmray.train.preprocess.Prepared`), for tests and benchmarks that skip the preprocessing."""
+        from mmray.train.preprocess import Prepared
+
+        idx = np.arange(self.n) if idx is None else np.asarray(idx)
+        mods = tuple(self.features)
+        return Prepared(features={m: self.features[m][idx] * self.present[m][idx, None] for m in mods},
+                        mask=np.stack([self.present[m][idx] for m in mods], 1), modalities=mods,
+                        patient_ids=[self.patient_ids[i] for i in idx], time_days=self.time_days[idx],
+                        event=self.event[idx], subtype=self.subtype[idx])
+
     def table(self) -> pd.DataFrame:
         """The store's joined-table shape: labels, ``<group>__<col>`` (NaN when absent), ``has_<group>``."""
         out = {"patient_id": self.patient_ids, "time_days": self.time_days, "event": self.event,

@@ -96,17 +96,27 @@ class _Block:
             cap = max(10, MAX_LEVEL_FRACTION * len(frame))
             self.dropped_ = [c for c, lev in self.levels_.items() if len(lev) > cap or len(lev) < 2]
             self.levels_ = {c: lev for c, lev in self.levels_.items() if c not in self.dropped_}
-        out = {}
-        for c in self.columns:
-            if c in self.dropped_:
-                continue
+        keep = [c for c in self.columns if c not in self.dropped_]
+        dtypes = frame.dtypes
+        # Numeric and bool columns convert in one block: per-column conversion of a few thousand
+        # columns (slide extremum features) costs seconds, which a served model pays per request.
+        direct = [c for c in keep if c not in self.levels_
+                  and (pd.api.types.is_numeric_dtype(dtypes[c]) or pd.api.types.is_bool_dtype(dtypes[c]))]
+        block = frame[direct].to_numpy(dtype=float, na_value=np.nan) if direct else None
+        at = {c: j for j, c in enumerate(direct)}
+        names, cols = [], []
+        for c in keep:
             if c in self.levels_:
                 vals = frame[c].astype(object)
                 for lev in self.levels_[c]:
-                    out[f"{c}={lev}"] = (vals.astype(str) == lev).where(vals.notna(), False).astype(float)
+                    names.append(f"{c}={lev}")
+                    cols.append((vals.astype(str) == lev).where(vals.notna(), False).to_numpy(dtype=float))
             else:
-                out[c] = pd.to_numeric(frame[c], errors="coerce").astype(float)
-        return pd.DataFrame(out, index=frame.index)
+                names.append(c)
+                cols.append(block[:, at[c]] if c in at
+                            else pd.to_numeric(frame[c], errors="coerce").to_numpy(dtype=float))
+        values = np.column_stack(cols) if cols else np.empty((len(frame), 0))
+        return pd.DataFrame(values, columns=names, index=frame.index)
 
     def fit(self, frame: pd.DataFrame, target) -> _Block:
         X = self._encode(frame, fitting=True)

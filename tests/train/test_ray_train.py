@@ -14,7 +14,6 @@ from mmray.models.heec import HEEC
 from mmray.synth.arrays import simple_cohort
 from mmray.train import data as D
 from mmray.train.metrics import harrell_c, subtype_auc
-from mmray.train.preprocess import Prepared
 from mmray.train.ray_lgbm import fit_heec
 from mmray.train.ray_torch import TorchSpec, fit_torch, load_checkpoint, predict_columns
 
@@ -28,17 +27,10 @@ def ray_session():
     ray.shutdown()
 
 
-def _prepared(c, idx) -> Prepared:
-    mods = tuple(DIMS)
-    return Prepared(features={m: c.features[m][idx] * c.present[m][idx, None] for m in mods},
-                    mask=np.stack([c.present[m][idx] for m in mods], 1), modalities=mods,
-                    patient_ids=[c.patient_ids[i] for i in idx], time_days=c.time_days[idx], event=c.event[idx],
-                    subtype=c.subtype[idx])
-
 
 def test_ddp_two_workers_match_one_worker_and_resume_from_the_failed_epoch(tmp_path):
     c = simple_cohort(91, seed=3, dims=DIMS, effect=1.0)
-    fit, val = _prepared(c, np.arange(71)), _prepared(c, np.arange(71, 91))
+    fit, val = c.prepared(np.arange(71)), c.prepared(np.arange(71, 91))
     # full batch (each worker's shard is one batch), no dropout: the same global step on 1 or 2 workers
     spec = TorchSpec(model="early_fusion", task="survival_cox", modality_dims=DIMS, n_out=1,
                      hparams={"dropout": 0.0, "modality_dropout": 0.0}, lr=3e-3, batch_size=1024, max_epochs=6,

@@ -12,7 +12,6 @@ from mmray.synth.arrays import simple_cohort
 from mmray.train import data as D
 from mmray.train.dist import global_loss
 from mmray.train.epoch import TorchSpec
-from mmray.train.preprocess import Prepared
 from mmray.train.ray_torch import fit_torch, run_loop
 from mmray.train.session import LocalSession
 
@@ -21,11 +20,7 @@ DIMS = {"clinical": 4, "expression": 6}
 
 @pytest.fixture(scope="module")
 def prep():
-    c = simple_cohort(41, seed=2, dims=DIMS, effect=1.0)
-    mods = tuple(DIMS)
-    return Prepared(features={m: c.features[m] * c.present[m][:, None] for m in mods},
-                    mask=np.stack([c.present[m] for m in mods], 1), modalities=mods, patient_ids=c.patient_ids,
-                    time_days=c.time_days, event=c.event, subtype=c.subtype)
+    return simple_cohort(41, seed=2, dims=DIMS, effect=1.0).prepared()
 
 
 def test_padding_adds_zero_weight_rows_and_batches_round_trip(prep):
