@@ -4,7 +4,8 @@ Routes (see :mod:`mmray.serve.schemas` for the bodies)::
 
     POST /v1/predict   risk scores (+ survival curves) from one registered model
     GET  /v1/models    servable models: name, version, features, metrics
-    GET  /v1/stats     this replica's counters: requests, model loads, hit rate, loaded models
+    GET  /v1/stats     this replica's counters: requests, model loads (local_reloads: evicted models
+                       unpickled from the replica's copy), hit rate, loaded models
     GET  /healthz      liveness (never needs the token)
 
 One deployment, ``MmrayModels``, is the ingress and holds the models: its
@@ -27,7 +28,7 @@ import time
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from mmray.serve.config import ServeConfig, token_digest
+from mmray.serve.config import ServeConfig, replica_process_env, serve_process_env, token_digest
 
 log = logging.getLogger("mmray.serve")
 DEPLOYMENT = "MmrayModels"
@@ -59,6 +60,7 @@ def build_app(cfg: ServeConfig, *, tracking_uri: str):
             self.max_instances, self.max_models = max_instances, max_models
             self.requests = 0
             self.loads = 0
+            self.local_reloads = 0
             self.load_counts: dict[str, int] = {}
             self.slots: dict = {}
             self._swap_lock = asyncio.Lock()
@@ -73,12 +75,13 @@ def build_app(cfg: ServeConfig, *, tracking_uri: str):
                 raise ApiError(404, "unknown_model", f"no servable model {name!r} (registered, with alias "
                                                      f"'{self.catalog.alias}'); GET /v1/models lists them")
             slot = await asyncio.to_thread(self.catalog.load, name, version)
-            self._count_load(name)
+            self._count_load(name, local=slot.local_reload)
             self.slots[name] = slot
             return slot
 
-        def _count_load(self, name: str) -> None:
+        def _count_load(self, name: str, *, local: bool = False) -> None:
             self.loads += 1
+            self.local_reloads += int(local)
             self.load_counts[name] = self.load_counts.get(name, 0) + 1
 
         async def _model(self, name: str):
@@ -94,7 +97,7 @@ def build_app(cfg: ServeConfig, *, tracking_uri: str):
                     if current != slot.version:
                         fresh = await asyncio.to_thread(self.catalog.load, name, current)
                         slot.version, slot.model = fresh.version, fresh.model
-                        self._count_load(name)
+                        self._count_load(name, local=fresh.local_reload)
             return slot
 
         def _auth(self, request: Request) -> None:
@@ -148,6 +151,7 @@ def build_app(cfg: ServeConfig, *, tracking_uri: str):
             loaded = sorted(n for n, s in self.slots.items() if not s.evicted)
             hit_rate = 1.0 - self.loads / self.requests if self.requests else None
             return {"replica": self.replica, "requests": self.requests, "loads": self.loads,
+                    "local_reloads": self.local_reloads,
                     "cache_hit_rate": hit_rate, "load_counts": dict(self.load_counts),
                     "loaded_models": loaded, "max_models_per_replica": self.max_models}
 
@@ -157,8 +161,8 @@ def build_app(cfg: ServeConfig, *, tracking_uri: str):
 
     options = {"name": DEPLOYMENT, "max_ongoing_requests": cfg.max_ongoing_requests,
                "ray_actor_options": {"num_cpus": cfg.replica_num_cpus}}
-    if cfg.replica_env:
-        options["ray_actor_options"]["runtime_env"] = {"env_vars": dict(cfg.replica_env)}
+    if replica_process_env(cfg):
+        options["ray_actor_options"]["runtime_env"] = {"env_vars": replica_process_env(cfg)}
     if cfg.autoscaling is not None:
         a = cfg.autoscaling
         options["autoscaling_config"] = {"min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
@@ -180,7 +184,11 @@ def start_serve(cfg: ServeConfig) -> str:
 
     tracking_uri, _ = resolve_tracking(cfg.registry, store=cfg.store)
     logging_config = {"enable_access_log": cfg.access_log}
-    serve.start(http_options={"host": cfg.host, "port": cfg.port}, logging_config=logging_config)
+    # The controller passes its environment on to the proxies it starts (an already running
+    # Serve instance keeps the settings it started with).
+    controller_env = serve_process_env(cfg)
+    serve.start(http_options={"host": cfg.host, "port": cfg.port}, logging_config=logging_config,
+                controller_options={"runtime_env": {"env_vars": controller_env}} if controller_env else None)
     serve.run(build_app(cfg, tracking_uri=tracking_uri), name=cfg.app_name, route_prefix=cfg.route_prefix,
               blocking=False, logging_config=logging_config)
     url = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"

@@ -57,9 +57,10 @@ class ServeConfig:
     max_instances_per_request: int = 10000
     block: bool | None = None
     access_log: bool = True  # Serve's per-request access log (route, status, latency; never bodies)
-    # Environment of the replica processes (e.g. AWS_* for an S3 artifact store). Ray Serve runs user
-    # code on a second event loop by default; one loop (0) saves a thread hop per request.
-    replica_env: dict[str, str] = field(default_factory=lambda: {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"})
+    # Ray Serve's throughput-optimised data plane (see SERVE_THROUGHPUT_ENV): about 1.5x lower latency.
+    throughput_optimized: bool = True
+    # Environment of the replica processes (e.g. AWS_* for an S3 artifact store); wins over the above.
+    replica_env: dict[str, str] = field(default_factory=dict)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
 
     def validate(self):
@@ -77,6 +78,26 @@ class ServeConfig:
             yield ("route_prefix", f"must start with '/', got {self.route_prefix!r}")
         if self.max_instances_per_request < 1:
             yield ("max_instances_per_request", f"must be >= 1, got {self.max_instances_per_request}")
+
+
+# Ray Serve reads these when its controller, proxies and replicas start (Ray >= 2.55 documents
+# RAY_SERVE_THROUGHPUT_OPTIMIZED): gRPC between replicas, the router and user code on the process's
+# main event loop, request-path logs buffered and not copied to stderr, GC frozen after start-up.
+# RAY_SERVE_PROXY_USE_GRPC: the HTTP proxy talks gRPC to the replicas too (the optimised mode
+# alone leaves the proxy on Ray actor calls). Direct ingress stays off: requests keep going
+# through the proxy, which routes a serve_multiplexed_model_id to a replica holding that model.
+SERVE_THROUGHPUT_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_PROXY_USE_GRPC": "1",
+                        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
+
+
+def serve_process_env(cfg: ServeConfig) -> dict[str, str]:
+    """Environment for Serve's controller and proxies (controller_options) when throughput-optimised."""
+    return dict(SERVE_THROUGHPUT_ENV) if cfg.throughput_optimized else {}
+
+
+def replica_process_env(cfg: ServeConfig) -> dict[str, str]:
+    """Environment of the model replicas: the Serve flags, then the user's ``replica_env``."""
+    return {**serve_process_env(cfg), **cfg.replica_env}
 
 
 def token_digest(cfg: ServeConfig) -> str | None:

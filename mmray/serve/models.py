@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmray.registry.config import RegistryConfig
-from mmray.registry.pyfunc import SurvivalPyfunc, load_pyfunc
+from mmray.registry.pyfunc import SurvivalPyfunc, fast_reload_path, load_pyfunc, reload_pyfunc
 from mmray.registry.registry import Registry, ServableModel
 
 log = logging.getLogger("mmray.serve")
@@ -34,8 +34,9 @@ def _safe(name: str) -> str:
 class LoadedModel:
     """A registered model version loaded in this replica."""
 
-    def __init__(self, name: str, version: str, model: SurvivalPyfunc, load_ms: float):
+    def __init__(self, name: str, version: str, model: SurvivalPyfunc, load_ms: float, *, local_reload: bool = False):
         self.name, self.version, self.model, self.load_ms = name, version, model, load_ms
+        self.local_reload = local_reload  # unpickled from the replica's copy, not loaded through MLflow
         self.evicted = False
 
     def __del__(self):  # Ray Serve calls this when it evicts the model (LRU); GC may call it again
@@ -63,6 +64,7 @@ class Catalog:
         self._lock = threading.Lock()
         self._tmp = tempfile.TemporaryDirectory(prefix="mmray-models-")  # removed with the replica
         self._artifacts = Path(self._tmp.name)
+        self._pickles: dict[tuple[str, str], str] = {}  # (name, version) -> local pickle, once loaded
 
     def cached_version(self, name: str) -> Resolved | None:
         hit = self._resolved.get(name)
@@ -85,11 +87,23 @@ class Catalog:
         """Load ``models:/name/version`` (the version ``name@alias`` resolved to).
 
         The version's artifacts are downloaded from MLflow once per replica
-        into a local folder (versions are immutable), so a model evicted from
-        the cache and used again reloads from local disk without registry
-        calls; MLflow's requirements check runs on the first load only.
+        into a local folder (versions are immutable) and loaded through
+        MLflow (which checks the model's requirements). A model evicted from
+        the cache and used again is unpickled straight from that local copy
+        (~0.1 ms instead of ~5 ms for MLflow's loader), without registry calls.
         """
         start = time.perf_counter()
+        pickle_path = self._pickles.get((name, version))
+        if pickle_path is not None:
+            model = reload_pyfunc(pickle_path)
+        else:
+            model = self._first_load(name, version)
+        ms = (time.perf_counter() - start) * 1000
+        log.info("loaded model %s v%s (%d features) in %.1f ms%s", name, version, len(model.features), ms,
+                 " from the local copy" if pickle_path else "")
+        return LoadedModel(name, version, model, ms, local_reload=pickle_path is not None)
+
+    def _first_load(self, name: str, version: str) -> SurvivalPyfunc:
         local = self._artifacts / f"{_safe(name)}@{version}"
         first = not (local / "MLmodel").exists()
         if first:
@@ -101,10 +115,11 @@ class Catalog:
                 tmp.rename(local)
             except OSError:  # another thread finished the same download first
                 shutil.rmtree(tmp, ignore_errors=True)
-        model = load_pyfunc(str(local), suppress_warnings=not first)
-        ms = (time.perf_counter() - start) * 1000
-        log.info("loaded model %s v%s (%d features) in %.0f ms", name, version, len(model.features), ms)
-        return LoadedModel(name, version, model, ms)
+        model = load_pyfunc(str(local), suppress_warnings=not first)  # requirements checked once per version
+        pickle_path = fast_reload_path(str(local))
+        if pickle_path is not None:
+            self._pickles[(name, version)] = pickle_path
+        return model
 
     def describe(self, name: str, version: str) -> ServableModel:
         key = (name, version)

@@ -12,7 +12,7 @@ import pytest
 from mmray.registry.config import GateConfig, RegistryConfig, resolve_tracking
 from mmray.registry.gate import check_gate
 from mmray.registry.lineage import Lineage, model_name
-from mmray.registry.pyfunc import SurvivalPyfunc, load_pyfunc
+from mmray.registry.pyfunc import SurvivalPyfunc, fast_reload_path, load_pyfunc, model_signature, reload_pyfunc
 from mmray.registry.registry import Candidate, Registry
 from mmray.train.signatures import CoxModelConfig, fit_estimator, survival_grid
 
@@ -82,6 +82,28 @@ def test_cached_reference_curve_equals_the_estimators_survival(fitted):
     np.testing.assert_allclose(risk, model.estimator.predict(x[:20]))
     slow = SurvivalPyfunc(model.estimator, features=GENES, times_days=model.times_days)
     np.testing.assert_allclose(slow.predict_arrays(x[:20])[1], surv, rtol=0, atol=1e-9)
+
+
+def test_fast_reload_equals_mlflows_loader_and_declines_what_it_cannot_reload(fitted, tmp_path):
+    """A serving replica reloads an evicted model by unpickling its local copy: same predictions as
+    MLflow's loader; a folder with code paths or another cloudpickle version goes back to MLflow."""
+    model, x = fitted
+    folder = str(tmp_path / "model")
+    mlflow.pyfunc.save_model(folder, python_model=model, signature=model_signature(model),
+                             pip_requirements=list(model.pip_requirements))
+    path = fast_reload_path(folder)
+    assert path is not None and path.endswith(".pkl")
+    fast, slow = reload_pyfunc(path), load_pyfunc(folder)
+    assert fast.features == slow.features == GENES
+    (r1, s1), (r2, s2) = fast.predict_arrays(x[:7]), slow.predict_arrays(x[:7])
+    np.testing.assert_array_equal(r1, r2)
+    np.testing.assert_array_equal(s1, s2)
+    mlmodel = tmp_path / "model" / "MLmodel"
+    text = mlmodel.read_text()
+    mlmodel.write_text(text.replace("cloudpickle_version: ", "cloudpickle_version: 0.0.1-"))
+    assert fast_reload_path(folder) is None
+    mlmodel.write_text(text.replace("code: null", "code: code"))
+    assert fast_reload_path(folder) is None
 
 
 def _lineage(signature="SIG_TEST", *, labels="v0001", folds="folds@v0001") -> Lineage:

@@ -166,6 +166,7 @@ def test_lru_eviction_reloads_the_evicted_model(server, client, patients):
     again = client.predict(a, rows)  # a is loaded again, evicting b
     after = client.stats()
     assert after["load_counts"][a] == before["load_counts"][a] + 1
+    assert after["local_reloads"] == mid["local_reloads"] + 1  # from the replica's copy, not the registry
     assert after["loaded_models"] == sorted([a, c])
     assert again["risk"] == first["risk"]
     client.predict(a, rows)  # cached now: a request, no load

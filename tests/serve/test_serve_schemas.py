@@ -7,7 +7,7 @@ import pytest
 
 from mmray.config import load_config
 from mmray.errors import ConfigError
-from mmray.serve.config import ServeConfig, token_digest
+from mmray.serve.config import ServeConfig, replica_process_env, serve_process_env, token_digest
 from mmray.serve.schemas import ApiError, model_id, parse_body, parse_inputs, prediction_body
 
 FEATURES = ["MKI67", "TOP2A", "CD8A"]
@@ -78,3 +78,17 @@ def test_serve_config_validation_and_token(monkeypatch):
     assert token_digest(ServeConfig()) is None
     monkeypatch.setenv("MMRAY_SERVE_TOKEN", "abc")
     assert token_digest(ServeConfig()) == token_digest(ServeConfig(token="abc", token_env=""))
+
+
+def test_serve_process_environment():
+    """Throughput-optimised Serve by default (proxy -> replica over gRPC, direct ingress off so the
+    proxy keeps routing multiplexed requests); the user's replica_env wins for the replicas."""
+    cfg = ServeConfig()
+    assert serve_process_env(cfg) == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_PROXY_USE_GRPC": "1",
+                                      "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
+    custom = load_config(ServeConfig, None, ["replica_env.AWS_REGION=eu-west-1",
+                                             "replica_env.RAY_SERVE_PROXY_USE_GRPC='0'"])
+    assert replica_process_env(custom) == {**serve_process_env(cfg), "AWS_REGION": "eu-west-1",
+                                           "RAY_SERVE_PROXY_USE_GRPC": "0"}
+    plain = load_config(ServeConfig, None, ["throughput_optimized=false", "replica_env.AWS_REGION=eu-west-1"])
+    assert serve_process_env(plain) == {} and replica_process_env(plain) == {"AWS_REGION": "eu-west-1"}
