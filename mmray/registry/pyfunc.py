@@ -33,6 +33,7 @@ ARTIFACT_PATH = "model"
 # Written into the model's requirements instead of letting MLflow infer them
 # (inference imports the model in a subprocess: seconds per model).
 PIP_REQUIREMENTS = ("mlflow", "scikit-learn", "scikit-survival", "numpy", "pandas")
+MAX_AFFINE_FEATURES = 2000  # the affine probe predicts F + 1 rows of F features
 
 
 class SurvivalPyfunc(mlflow.pyfunc.PythonModel):
@@ -49,8 +50,39 @@ class SurvivalPyfunc(mlflow.pyfunc.PythonModel):
         self.times_days = np.asarray(times_days, dtype=float).reshape(-1)
         self.info = dict(info or {})
         self._ph = None  # (risk of the reference row, log survival of it at times_days)
-        if reference_x is not None and self.has_survival:
-            self._ph = self._proportional_hazards(np.asarray(reference_x, dtype=float))
+        self._affine = None  # (intercept, weights [F]) when risk(x) = intercept + x @ weights
+        if reference_x is not None:
+            reference_x = np.asarray(reference_x, dtype=float)
+            self._affine = self._affine_risk(reference_x)
+            if self.has_survival:
+                self._ph = self._proportional_hazards(reference_x)
+
+    def _affine_risk(self, x: np.ndarray):
+        """``(b, w)`` with ``estimator.predict(x) == b + x @ w`` when the estimator is affine in finite inputs.
+
+        True of the signature models (imputer -> scaler -> Cox linear predictor);
+        serving then skips the pipeline's per-call validation (most of a
+        one-patient prediction). Read off by probing the unit vectors from the
+        rows' median, then checked on the rows of ``x`` and on random rows
+        around them to 1e-9 (relative); None otherwise or beyond
+        :data:`MAX_AFFINE_FEATURES` features.
+        """
+        if x.ndim != 2 or x.shape[0] < 2 or not 0 < x.shape[1] <= MAX_AFFINE_FEATURES or not np.isfinite(x).all():
+            return None
+        try:
+            center = np.median(x, axis=0)
+            probe = np.vstack([center, center + np.eye(x.shape[1])])
+            out = np.asarray(self.estimator.predict(probe), dtype=float).reshape(-1)
+            b0, w = out[0], out[1:] - out[0]
+            b = b0 - center @ w
+            rng = np.random.default_rng(0)
+            check = np.vstack([x, x[rng.integers(0, len(x), 16)] + rng.normal(0, x.std(axis=0) + 1, (16, x.shape[1]))])
+            want = np.asarray(self.estimator.predict(check), dtype=float).reshape(-1)
+        except Exception:  # noqa: BLE001 (an estimator that cannot take these rows: keep its own path)
+            return None
+        got = b + check @ w
+        ok = np.allclose(got, want, rtol=1e-9, atol=1e-9 * max(1.0, float(np.abs(want).max())))
+        return (float(b), w) if ok else None
 
     def _proportional_hazards(self, x: np.ndarray):
         """Reference curve for ``S(t|x) = S_ref(t) ** exp(risk(x) - risk_ref)`` when it holds.
@@ -96,7 +128,11 @@ class SurvivalPyfunc(mlflow.pyfunc.PythonModel):
         x = np.asarray(x, dtype=float)
         if x.ndim != 2 or x.shape[1] != len(self.features):
             raise DataError(f"expected an array [n, {len(self.features)}] in feature order, got shape {x.shape}")
-        risk = np.asarray(self.estimator.predict(x), dtype=float).reshape(-1)
+        affine = getattr(self, "_affine", None)  # models pickled before it existed lack the attribute
+        if affine is not None and np.isfinite(x).all():
+            risk = affine[0] + x @ affine[1]
+        else:
+            risk = np.asarray(self.estimator.predict(x), dtype=float).reshape(-1)
         if not self.has_survival:
             return risk, None
         if getattr(self, "_ph", None) is not None:

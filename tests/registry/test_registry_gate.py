@@ -84,6 +84,25 @@ def test_cached_reference_curve_equals_the_estimators_survival(fitted):
     np.testing.assert_allclose(slow.predict_arrays(x[:20])[1], surv, rtol=0, atol=1e-9)
 
 
+class _Squares:
+    """A non-linear risk model: the affine shortcut must not apply."""
+
+    def predict(self, x):
+        return np.asarray(x, dtype=float) @ np.arange(1.0, x.shape[1] + 1) + 0.1 * np.asarray(x)[:, 0] ** 2
+
+
+def test_affine_risk_shortcut_equals_the_pipeline_and_only_when_it_holds(fitted):
+    model, x = fitted
+    assert model._affine is not None  # imputer -> scaler -> Cox: affine in finite inputs
+    rng = np.random.default_rng(5)
+    rows = rng.normal(0, 3, size=(9, len(GENES)))
+    np.testing.assert_allclose(model.predict_arrays(rows)[0], model.estimator.predict(rows), rtol=1e-12, atol=1e-12)
+    with_nan = rows.copy()
+    with_nan[0, 1] = np.nan  # imputation is not affine: the pipeline itself answers
+    np.testing.assert_array_equal(model.predict_arrays(with_nan)[0], model.estimator.predict(with_nan))
+    assert SurvivalPyfunc(_Squares(), features=GENES, reference_x=x)._affine is None
+
+
 def test_fast_reload_equals_mlflows_loader_and_declines_what_it_cannot_reload(fitted, tmp_path):
     """A serving replica reloads an evicted model by unpickling its local copy: same predictions as
     MLflow's loader; a folder with code paths or another cloudpickle version goes back to MLflow."""
