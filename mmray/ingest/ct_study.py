@@ -30,7 +30,7 @@ import pandas as pd
 from mmray.errors import InputError
 from mmray.features.radiomics import compute_features, pyradiomics_version
 from mmray.ingest.ct_volume import read_volume
-from mmray.ingest.dicom_discovery import StudyPair, local_folder, scan_folder
+from mmray.ingest.dicom_discovery import Instance, StudyPair, local_folder, scan_folder
 from mmray.ingest.phi import Redactor
 from mmray.ingest.seg import read_seg_mask
 from mmray.store.keys import UNDATED
@@ -80,11 +80,14 @@ def display_item(folder: str, patient_id: str, key: str) -> str:
     return folder.replace(patient_id, key) if key != patient_id else folder
 
 
-def _files_sha256(paths: list[str]) -> str:
+def _files_sha256(instances: list[Instance]) -> str:
+    """One hash of the files' contents (each file's SHA-256, in path order), from the digests discovery took."""
     digest = hashlib.sha256()
-    for path in sorted(paths):
-        with open(path, "rb") as f:
-            digest.update(hashlib.sha256(f.read()).digest())
+    for inst in sorted(instances, key=lambda i: i.path):
+        if not inst.sha256:
+            with open(inst.path, "rb") as f:
+                inst.sha256 = hashlib.sha256(f.read()).digest()
+        digest.update(inst.sha256)
     return digest.hexdigest()[:32]
 
 
@@ -161,7 +164,7 @@ def _process(job: PatientJob, settings: StudySettings, result: dict, *, key: str
         keys = {"study_key": uid_key(pair.study_uid, patient_key),
                 "ct_series_key": uid_key(pair.ct.series_uid, patient_key),
                 "seg_series_key": uid_key(pair.seg.series_uid, patient_key)}
-        source_sha = _files_sha256([i.path for i in pair.ct.instances] + [pair.seg_instance.path])
+        source_sha = _files_sha256([*pair.ct.instances, pair.seg_instance])
         sig = signature(study_key=keys["study_key"], ct_key=keys["ct_series_key"], seg_key=keys["seg_series_key"],
                         source_sha256=source_sha, params_hash=settings.params_hash, version=pyradiomics_version())
         result["signature"] = sig
@@ -173,7 +176,7 @@ def _process(job: PatientJob, settings: StudySettings, result: dict, *, key: str
                              spacing_tolerance_mm=settings.slice_spacing_tolerance_mm)
         timings["read_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        seg = read_seg_mask(pair.seg_instance.path, volume, name=pair.seg_instance.name,
+        seg = read_seg_mask(pair.seg_instance.path, volume, name=pair.seg_instance.name, dataset=pair.seg_instance.ds,
                             labels=settings.segment_labels, tolerance_mm=settings.seg_position_tolerance_mm,
                             frame_of_reference_uid=pair.ct.attr("FrameOfReferenceUID") or None)
         timings["seg_s"] = time.perf_counter() - t1

@@ -63,8 +63,11 @@ def choose_segments(seg: hd.seg.Segmentation, labels: tuple[str, ...], *, name: 
     return chosen
 
 
-def read_seg(path: str, *, name: str) -> hd.seg.Segmentation:
+def read_seg(path: str, *, name: str, dataset: Dataset | None = None) -> hd.seg.Segmentation:
+    """The SEG at ``path``, or from ``dataset`` when discovery already parsed the file (used up)."""
     try:
+        if dataset is not None:
+            return hd.seg.Segmentation.from_dataset(dataset, copy=False)
         return hd.seg.segread(path)
     except Exception as e:  # highdicom/pydicom raise many types for malformed SEGs
         raise InputError(f"SEG {name} cannot be read as a DICOM Segmentation ({type(e).__name__}: {e})",
@@ -167,8 +170,10 @@ def _unmatched_message(name: str, unmatched, *, n_frames: int, volume: Volume, t
 
 
 def read_seg_mask(path: str, volume: Volume, *, name: str, labels: tuple[str, ...] = (),
-                  tolerance_mm: float = 0.1, frame_of_reference_uid: str | None = None) -> SegMask:
-    """Read the SEG at ``path`` and place it on ``volume`` (see :func:`place_frames`)."""
-    seg = read_seg(path, name=name)
+                  tolerance_mm: float = 0.1, frame_of_reference_uid: str | None = None,
+                  dataset: Dataset | None = None) -> SegMask:
+    """Read the SEG at ``path`` (or take its parsed ``dataset``) and place it on ``volume`` (see
+    :func:`place_frames`)."""
+    seg = read_seg(path, name=name, dataset=dataset)
     return place_frames(seg, volume, labels=labels, tolerance_mm=tolerance_mm, name=name,
                         frame_of_reference_uid=frame_of_reference_uid)

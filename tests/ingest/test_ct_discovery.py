@@ -114,3 +114,34 @@ def test_s3_folder_is_downloaded_processed_and_cleaned_up(study, s3_env, tmp_pat
     for what in ("image", "mask"):
         assert fs.get_file_info(f"{base}/store/{rel[what]}").type == pafs.FileType.File
     assert list(scratch.iterdir()) == []
+
+
+def test_one_read_per_file_hashes_and_pixels_match_and_the_memory_cap_defers(study, monkeypatch):
+    """Discovery reads each file once: its SHA-256 equals hashing the file, the pixel data it keeps
+    equals the file's, and past the in-memory cap pixel data is read back from the file (same volume)."""
+    import hashlib
+
+    import numpy as np
+
+    from mmray.ingest import dicom_discovery
+    from mmray.ingest.ct_study import _files_sha256
+    from mmray.ingest.ct_volume import read_volume
+
+    folder, s = study
+    (pair,) = scan_folder(str(folder)).pairs
+    files = [*pair.ct.instances, pair.seg_instance]
+    for inst in files:
+        assert inst.sha256 == hashlib.sha256(Path(inst.path).read_bytes()).digest()
+    want = hashlib.sha256()  # the resume signature's file hash, as earlier versions computed it
+    for path in sorted(i.path for i in files):
+        want.update(hashlib.sha256(Path(path).read_bytes()).digest())
+    assert _files_sha256(files) == want.hexdigest()[:32]
+    in_memory = read_volume([(i.name, i.ds) for i in pair.ct.instances])
+
+    monkeypatch.setattr(dicom_discovery, "IN_MEMORY_PIXEL_BYTES", 0)
+    (lazy,) = scan_folder(str(folder)).pairs
+    raw = lazy.ct.instances[0].ds.get_item(dicom_discovery.PIXEL_DATA, keep_deferred=True)
+    assert raw.value is None  # dropped from memory
+    deferred = read_volume([(i.name, i.ds) for i in lazy.ct.instances])
+    np.testing.assert_array_equal(deferred.hu, in_memory.hu)
+    np.testing.assert_array_equal(deferred.affine_lps, in_memory.affine_lps)

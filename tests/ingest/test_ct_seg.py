@@ -48,6 +48,9 @@ def test_cropped_seg_lands_on_the_right_slices(cohort):
         assert seg.slice_range == (first, last)
         truth = synth_ct_volume(patients[s["patient_id"]], profile=PROFILE, seed=SEED)
         np.testing.assert_array_equal(seg.mask, truth.mask.astype(np.uint8))
+        parsed = read_seg_mask(pair.seg_instance.path, volume, name=pair.seg_instance.name,
+                               dataset=pair.seg_instance.ds)  # the dataset discovery parsed, as ingest uses it
+        np.testing.assert_array_equal(parsed.mask, seg.mask)
         assert seg.segment_labels == ("Tumor",) and seg.mask.dtype == np.uint8
 
 
