@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from mmray.errors import MmrayError
@@ -21,6 +22,16 @@ def parse_args(description: str) -> argparse.Namespace:
     parser.add_argument("--address", default=None, help="Ray address; default: the job's cluster or local")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seed=3")
     return parser.parse_args()
+
+
+def connect(args: argparse.Namespace) -> str | None:
+    """Start or join Ray: ``--address``, else the job's cluster (``RAY_ADDRESS``), else a local one
+    (returns None then)."""
+    from mmray.cli import init_ray
+
+    address = args.address or ("auto" if os.environ.get("RAY_ADDRESS") else None)
+    init_ray(address)
+    return address
 
 
 def run(main) -> None:

@@ -11,19 +11,18 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _entry import EXIT_OK, EXIT_PARTIAL, parse_args, run  # noqa: E402
+from _entry import EXIT_OK, EXIT_PARTIAL, connect, parse_args, run  # noqa: E402
 
 from mmray.config import load_config  # noqa: E402
 
 
 def main() -> int:
     args = parse_args(__doc__)
-    from mmray.cli import init_ray
     from mmray.ingest.report import summarise
     from mmray.ingest.run import IngestConfig, run_ingest
 
     cfg = load_config(IngestConfig, args.config, args.overrides)
-    init_ray(args.address or ("auto" if os.environ.get("RAY_ADDRESS") else None))
+    connect(args)
     reports = run_ingest(cfg)
     print(summarise(reports))
     return EXIT_PARTIAL if any(r.failures for r in reports) else EXIT_OK

@@ -15,21 +15,18 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _entry import parse_args, run  # noqa: E402
+from _entry import connect, parse_args, run  # noqa: E402
 
 from mmray.config import load_config  # noqa: E402
 
 
 def main() -> int:
     args = parse_args(__doc__)
-    from mmray.cli import init_ray
     from mmray.serve.app import run_serve
     from mmray.serve.config import ServeConfig
 
     cfg = load_config(ServeConfig, args.config, args.overrides)
-    address = args.address or ("auto" if os.environ.get("RAY_ADDRESS") else None)
-    init_ray(address)
-    return run_serve(cfg, local=address is None)
+    return run_serve(cfg, local=connect(args) is None)
 
 
 if __name__ == "__main__":

@@ -11,18 +11,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _entry import EXIT_OK, parse_args, run  # noqa: E402
+from _entry import EXIT_OK, connect, parse_args, run  # noqa: E402
 
 from mmray.config import load_config  # noqa: E402
 
 
 def main() -> int:
     args = parse_args(__doc__)
-    from mmray.cli import init_ray
     from mmray.synth.job import SynthJobConfig, run_synth_job
 
     cfg = load_config(SynthJobConfig, args.config, args.overrides)
-    init_ray(args.address or ("auto" if os.environ.get("RAY_ADDRESS") else None))
+    connect(args)
     print(run_synth_job(cfg).summary())
     return EXIT_OK
 

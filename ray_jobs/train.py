@@ -11,19 +11,18 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _entry import parse_args, run  # noqa: E402
+from _entry import connect, parse_args, run  # noqa: E402
 
 from mmray.config import load_config  # noqa: E402
 
 
 def main() -> int:
     args = parse_args(__doc__)
-    from mmray.cli import init_ray
     from mmray.train.config import TrainJobConfig
     from mmray.train.cv import run_train
 
     cfg = load_config(TrainJobConfig, args.config, args.overrides)
-    init_ray(args.address or ("auto" if os.environ.get("RAY_ADDRESS") else None))
+    connect(args)
     report = run_train(cfg)
     print(report.text())
     return report.exit_code

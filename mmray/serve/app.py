@@ -161,8 +161,9 @@ def build_app(cfg: ServeConfig, *, tracking_uri: str):
 
     options = {"name": DEPLOYMENT, "max_ongoing_requests": cfg.max_ongoing_requests,
                "ray_actor_options": {"num_cpus": cfg.replica_num_cpus}}
-    if replica_process_env(cfg):
-        options["ray_actor_options"]["runtime_env"] = {"env_vars": replica_process_env(cfg)}
+    replica_env = replica_process_env(cfg)
+    if replica_env:
+        options["ray_actor_options"]["runtime_env"] = {"env_vars": replica_env}
     if cfg.autoscaling is not None:
         a = cfg.autoscaling
         options["autoscaling_config"] = {"min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
