@@ -12,7 +12,7 @@ STAMP := $(VENV)/.mmray-installed
 DEMO_OUT ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast clean-demo
+.PHONY: setup demo test test-fast test-drills clean-demo
 
 setup: $(STAMP)
 
@@ -33,7 +33,11 @@ demo: $(STAMP)
 	$(VENV)/bin/mmray demo --out $(DEMO_OUT)
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not drill" $(PYTEST_ARGS)
+
+# Fault drills: SIGKILL of Ray workers, the S3 server, Serve replicas and the pipeline (CI runs them too).
+test-drills: $(STAMP)
+	$(PY) -m pytest -q -m drill $(PYTEST_ARGS)
 
 # Unit tests only (no services, no clusters).
 test-fast: $(STAMP)
