@@ -370,6 +370,29 @@ def _run_report(args: argparse.Namespace) -> int:
 # --- demo -------------------------------------------------------------------
 
 
+def _setup_privacy_scan(sub) -> None:
+    p = sub.add_parser("privacy-scan", help="check that folders mmray wrote hold none of a cohort's raw identifiers",
+                       description="Collect a cohort's raw identifiers (patient ids, barcodes, file and folder "
+                                   "names, DICOM UIDs and PHI, input paths) and scan every file under PATH "
+                                   "(Parquet, SQLite, JSON, HTML, logs, archives) for them. Exit 1 on any hit.")
+    p.add_argument("--cohort", required=True, help="the cohort.yaml whose identifiers to look for")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="folders or files to scan (store, logs, MLflow)")
+    p.add_argument("--also", action="append", default=[], metavar="VALUE",
+                   help="another identifier to look for (e.g. a folder name above the cohort); repeatable")
+    p.set_defaults(func=_run_privacy_scan)
+
+
+def _run_privacy_scan(args: argparse.Namespace) -> int:
+    from mmray.ingest.identifier_scan import Scanner, cohort_identifiers
+
+    identifiers = cohort_identifiers(args.cohort, also=args.also)
+    findings, n_files = Scanner(identifiers).scan(args.paths)
+    for f in findings:
+        print(f.line())
+    print(f"privacy-scan: {len(identifiers)} identifiers, {n_files} files, {len(findings)} finding(s)")
+    return EXIT_FAILED if findings else EXIT_OK
+
+
 def _setup_demo(sub) -> None:
     p = sub.add_parser("demo", help="every stage on the demo synthetic cohort, then report.html "
                                      "(settings: ray_jobs/configs/demo.yaml)")
@@ -407,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     _setup_register(sub)
     _setup_pipeline(sub)
     _setup_report(sub)
+    _setup_privacy_scan(sub)
     _setup_demo(sub)
     return parser
 

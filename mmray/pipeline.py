@@ -218,10 +218,14 @@ class _Run:
     """What the stages share: the config, the store, and the results so far."""
 
     def __init__(self, cfg: PipelineConfig, progress: Callable[[str], None]):
+        from mmray.ingest.pseudonym import PathRedactor, pseudonymiser_from_env
         from mmray.store import FeatureStore
 
         self.cfg = cfg
-        self.progress = progress
+        cohort = cfg.cohort_uri()
+        # With a pseudonym key, where the inputs live never reaches a line, a detail or the report.
+        self.redact = PathRedactor(pseudonymiser_from_env(), [cohort and uri_mod.parent(cohort), cfg.synth.out])
+        self.progress = lambda line: progress(self.redact(line))
         self.store = FeatureStore(cfg.store)
         self.results: list[StageResult] = []
 
@@ -229,7 +233,12 @@ class _Run:
 def run_pipeline(cfg: PipelineConfig, *, progress: Callable[[str], None] = print) -> PipelineReport:
     """Run ``cfg.stages`` in order (module doc); Ray must be initialised for all but synth and ingest tables."""
     run = _Run(cfg, progress)
-    stages = list(cfg.stages)
+    with run.redact.logs():
+        return _run_stages(run, list(cfg.stages))
+
+
+def _run_stages(run: _Run, stages: list[str]) -> PipelineReport:
+    progress = run.progress
     for i, name in enumerate(stages):
         progress(f"==> {name}")
         start = time.perf_counter()
@@ -240,7 +249,7 @@ def run_pipeline(cfg: PipelineConfig, *, progress: Callable[[str], None] = print
         except Exception as e:  # a bug or a cluster problem: the traceback goes to the log
             log.exception("stage %s failed", name)
             status, detail, data, code = "failed", f"{type(e).__name__}: {e}", {}, EXIT_FAILED
-        result = StageResult(name, status, time.perf_counter() - start, detail, data, code)
+        result = StageResult(name, status, time.perf_counter() - start, run.redact(detail), data, code)
         run.results.append(result)
         progress(f"    {status}: {detail} ({result.seconds:.1f} s)")
         if status == "failed":
@@ -466,7 +475,7 @@ def _report(run: _Run):
     if "train" in data:
         extra["train_run"] = data["train"]["run"]  # not the tune refit's run, which is newer
     # out null: <store>/_reports/report.html (for an s3:// store, ./report.html plus a copy in the store)
-    path = write_report(run.store, run.cfg.report.out, cohort=run.cfg.cohort_uri(), extra=extra)
+    path = write_report(run.store, run.cfg.report.out, cohort=run.cfg.cohort_uri(), extra=run.redact(extra))
     return "ran", f"report written to {path}", {"path": str(path)}, EXIT_OK
 
 

@@ -168,7 +168,7 @@ def ingest_ct(ctx, *, on_result: Callable[[dict], None] | None = None) -> Modali
         report.n_done += res["status"] == "ok"
         report.n_skipped += res["status"] == "skipped"
         rows.append(row)
-        sources.append({"uri": display_item("; ".join(job.folders), job.patient_id, res["patient_id"]),
+        sources.append({"uri": display_item(job.folders, ctx.patient_key),
                         "sha256": row["source_sha256"]})
     report.notes += [f"{note} [{len(pids)} patient(s): {', '.join(pids[:3])}{', ...' if len(pids) > 3 else ''}]"
                      for note, pids in notes.items()]
@@ -223,8 +223,7 @@ def run_tasks(jobs: list[PatientJob], settings: StudySettings, *, patient_key, s
             except Exception as e:  # noqa: BLE001  (the worker died: OOM kill, segfault in a C extension)
                 key = patient_key(jobs[i].patient_id)
                 res = {"patient_id": key, "status": "failed", "row": None, "notes": [], "signature": None,
-                       "timings": {}, "failure": {"item": display_item("; ".join(jobs[i].folders), jobs[i].patient_id,
-                                                                      key),
+                       "timings": {}, "failure": {"item": display_item(jobs[i].folders, patient_key),
                                                   "patient_id": key, "step": "ct",
                                                   "reason": f"the study's Ray task died ({type(e).__name__})"}}
             results[i] = res

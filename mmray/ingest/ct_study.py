@@ -32,6 +32,7 @@ from mmray.features.radiomics import compute_features, pyradiomics_version
 from mmray.ingest.ct_volume import read_volume
 from mmray.ingest.dicom_discovery import Instance, StudyPair, local_folder, scan_folder
 from mmray.ingest.phi import Redactor
+from mmray.ingest.pseudonym import is_pseudonymised, source_label
 from mmray.ingest.seg import read_seg_mask
 from mmray.store.keys import UNDATED
 
@@ -75,9 +76,9 @@ def signature(*, study_key: str, ct_key: str, seg_key: str, source_sha256: str, 
     return f"{study_key}|{ct_key}|{seg_key}|{source_sha256}|{params_hash}|{version}"
 
 
-def display_item(folder: str, patient_id: str, key: str) -> str:
-    """The folder as named in failures: the source patient id replaced by its pseudonym."""
-    return folder.replace(patient_id, key) if key != patient_id else folder
+def display_item(folders, patient_key: Callable[[str], str]) -> str:
+    """The study's folders as named in failures and lineage: paths, or keyed ``SRC-`` labels when pseudonymised."""
+    return "; ".join(source_label(patient_key, f) for f in folders)
 
 
 def _files_sha256(instances: list[Instance]) -> str:
@@ -110,10 +111,13 @@ def run_patient(job: PatientJob, settings: StudySettings, *, patient_key: Callab
     """Process one patient; returns a result dict (status ok / skipped / failed), never raises."""
     start = time.perf_counter()
     key = patient_key(job.patient_id)
-    redactor = Redactor()
+    redactor = Redactor(label=(lambda uid: uid_key(uid, patient_key)) if is_pseudonymised(patient_key) else None)
     result: dict = {"patient_id": key, "status": "failed", "row": None, "failure": None, "notes": [],
                     "signature": None, "timings": {}}
-    item = "; ".join(display_item(f, job.patient_id, key) for f in job.folders)
+    item = display_item(job.folders, patient_key)
+    if is_pseudonymised(patient_key):
+        for folder in job.folders:
+            redactor.add_replacement(folder, source_label(patient_key, folder))
     _quiet_readers()
     try:
         with warnings.catch_warnings(record=True) as caught:

@@ -200,6 +200,10 @@ def scan_folder(folder: str, *, redactor: Redactor | None = None) -> Discovery:
     held = 0  # pixel bytes kept in memory
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         name = path.relative_to(root).as_posix()
+        if redactor is not None:  # file names may be UIDs, MRNs or names: labelled when pseudonymised
+            redactor.add_identifier(name, kind="file")
+            redactor.add_identifier(path.name, kind="file")
+            redactor.add_identifier(str(path), kind="file")
         try:
             ds, digest = read_instance(str(path))
             held += _pixel_bytes(ds)
@@ -215,6 +219,8 @@ def scan_folder(folder: str, *, redactor: Redactor | None = None) -> Discovery:
         if _is_dicomdir(ds):
             continue  # an index of the files, not an instance
         study, series_uid = raw.text(ds, "StudyInstanceUID") or "", raw.text(ds, "SeriesInstanceUID") or ""
+        if redactor is not None:
+            redactor.add_identifier(raw.text(ds, "SOPInstanceUID") or "")
         if redactor is not None and ((study, series_uid) not in series or "NumberOfFrames" in ds):
             redactor.add_dataset(ds)  # patient/study attributes: the first file of a series (and every multi-frame)
         if not raw.text(ds, "SOPClassUID") or not study or not series_uid:  # pydicom reads truncated files silently

@@ -12,6 +12,7 @@ warnings sometimes quote header values).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
@@ -36,16 +37,43 @@ REDACTED = "[redacted]"
 _MIN_LEN = 3  # shorter values ("M", "F", "01") would scrub ordinary text
 
 
-class Redactor:
-    """Collects PHI values from DICOM headers; :meth:`scrub` removes them from text."""
+# Identifiers (not PHI, but linkable to the hospital's records) replaced by keyed labels when pseudonymised.
+UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
 
-    def __init__(self) -> None:
+
+class Redactor:
+    """Collects PHI values from DICOM headers; :meth:`scrub` removes them from text.
+
+    With ``label`` (pseudonymisation on: ``uid -> stored key``), the study's
+    DICOM UIDs and file names are collected too and replaced by their labels,
+    so a failure reason still says which file failed without naming it.
+    """
+
+    def __init__(self, label: Callable[[str], str] | None = None) -> None:
         self._values: set[str] = set()
+        self._labels: dict[str, str] = {}
+        self._label = label
         self._pattern: re.Pattern | None = None
+
+    def add_identifier(self, value: str, *, kind: str = "uid") -> None:
+        """A UID or file name to replace by its label (no-op without pseudonymisation)."""
+        text = str(value).strip()
+        if self._label is None or len(text) < _MIN_LEN or text in self._labels:
+            return
+        self.add_replacement(text, self._label(text if kind == "uid" else f"{kind}:{text}"))
+
+    def add_replacement(self, value: str, label: str) -> None:
+        """Replace ``value`` by ``label`` in scrubbed text (e.g. a study folder by its source label)."""
+        if value and value != label:
+            self._labels[str(value)] = label
+            self._pattern = None
 
     def add_dataset(self, ds: Dataset, *, nested: bool = True, depth: int = 0) -> None:
         """Collect PHI values of ``ds``; with ``nested``, of its sequence items too (enhanced
         images copy patient attributes into converted-attribute sequences)."""
+        for keyword in UID_KEYWORDS if self._label is not None else ():
+            if keyword in ds:
+                self.add_identifier(str(ds.data_element(keyword).value))
         for tag in _PHI_TAGS.intersection(ds.keys()):
             value = ds[tag].value
             if value is None or value == "":
@@ -78,13 +106,15 @@ class Redactor:
         return frozenset(self._values)
 
     def scrub(self, text: str) -> str:
-        """``text`` with every collected value (case-insensitive) replaced by ``[redacted]``."""
-        if not self._values or not text:
+        """``text`` with every collected PHI value (case-insensitive) replaced by ``[redacted]`` and every
+        identifier by its label."""
+        if not (self._values or self._labels) or not text:
             return text
         if self._pattern is None:
-            alternatives = sorted(self._values, key=len, reverse=True)
+            alternatives = sorted(self._values | set(self._labels), key=len, reverse=True)
             self._pattern = re.compile("|".join(re.escape(v) for v in alternatives), re.IGNORECASE)
-        return self._pattern.sub(REDACTED, text)
+            self._lower = {k.lower(): v for k, v in self._labels.items()}
+        return self._pattern.sub(lambda m: self._lower.get(m.group(0).lower(), REDACTED), text)
 
 
 def _is_multi(value) -> bool:

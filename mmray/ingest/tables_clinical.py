@@ -63,10 +63,11 @@ def ingest_clinical(ctx) -> ModalityReport:
     params = {"id_column": ref.id_column, "clinical": to_dict(cfg.clinical),
               "patient_ids": key_fingerprint(ctx.patient_key), "labels": to_dict(spec) if spec else None}
     groups = ["clinical"] + (["labels"] if spec else [])
-    if not ctx.force and all(up_to_date(ctx.store, g, sources=[path], params=params) for g in groups):
+    if not ctx.force and all(up_to_date(ctx.store, g, sources=[path], params=params, patient_key=ctx.patient_key)
+                             for g in groups):
         report.n_skipped = report.n_items = ctx.store.manifest("clinical")["num_rows"]
-        report.notes.append(f"clinical and labels already ingested from this {ref.path} with these settings "
-                            f"(--force recomputes)")
+        report.notes.append("clinical and labels already ingested from this clinical table with these settings "
+                            "(--force recomputes)")
         return report
     table = read_any_table(path, what="clinical", fmt=ref.format)
     if ref.id_column not in table.frame.columns:
@@ -121,7 +122,7 @@ def ingest_clinical(ctx) -> ModalityReport:
     by_line = dict(zip(table.lines.tolist(), ids))
     failures = [f if f.get("patient_id") or f.get("line") not in by_line else {**f, "patient_id": by_line[f["line"]]}
                 for f in failures]
-    return finish(report, scrub, failures, notes, ctx.patient_key)
+    return finish(report, scrub, failures, notes, ctx.patient_key, files=[path])
 
 
 def _reports(ctx, table, labels, *, exclude, index_dates, notes: list[str], kinds: dict) -> None:

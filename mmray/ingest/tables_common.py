@@ -14,6 +14,7 @@ from mmray import uri
 from mmray.errors import CohortError, StoreError
 from mmray.features.barcodes import parse_sample
 from mmray.features.table_io import read_any_table
+from mmray.ingest.pseudonym import identity, is_pseudonymised, source_label
 from mmray.ingest.report import ModalityReport
 from mmray.store.keys import UNDATED
 
@@ -88,11 +89,6 @@ class Scrubber:
             self.cache[canon] = self.key(canon)
         return self.cache[canon]
 
-    def failures(self, failures: list[dict]) -> list[dict]:
-        return [{k: self.text(v) for k, v in f.items()} for f in failures]
-
-    def notes(self, notes: list[str]) -> list[str]:
-        return [self.text(n) for n in notes]
 
 
 def keyed_patient(failure: dict, patient_key) -> dict:
@@ -111,13 +107,14 @@ def _digest(source: dict) -> str | None:
     return source.get("sha256") or source.get("etag")
 
 
-def up_to_date(store, group: str, *, sources: list[str], params: dict) -> bool:
+def up_to_date(store, group: str, *, sources: list[str], params: dict, patient_key=None) -> bool:
     """The group's latest version came from these files, unchanged, with these parameters.
 
     ``params``: the settings that decide the output (the manifest may hold
     more: what the ingest found, e.g. the subtype mapping).
-    Every file the manifest lists must still have its checksum, and every
-    file of ``sources`` (folders expanded) must be among them.
+    The manifest must list exactly the files of ``sources`` (folders expanded),
+    each with its checksum; files are matched by their source label (the path,
+    or its keyed ``SRC-`` label when pseudonymised: see :func:`described_sources`).
     """
     try:
         man = store.manifest(group)
@@ -128,12 +125,22 @@ def up_to_date(store, group: str, *, sources: list[str], params: dict) -> bool:
         return False
     recorded = {c["uri"]: _digest(c) for c in man.get("sources") or []}
     try:
-        declared = {f if uri.is_s3(f) else str(Path(f).resolve()) for src in sources for f in uri.list_files(src)}
-        if not declared <= set(recorded):
+        declared = {source_label(patient_key or identity, f): f for f in _files(sources)}
+        if set(declared) != set(recorded):
             return False
-        return all(_digest(uri.checksum(u)) == digest for u, digest in recorded.items())
+        return all(_digest(uri.checksum(f)) == recorded[label] for label, f in declared.items())
     except OSError:
         return False
+
+
+def _files(sources) -> list[str]:
+    return [f if uri.is_s3(f) else str(Path(f).resolve()) for src in sources for f in uri.list_files(src)]
+
+
+def described_sources(sources, patient_key) -> list[dict]:
+    """Lineage of input files: checksum and size, named by :func:`~mmray.ingest.pseudonym.source_label`
+    (with a pseudonym key no path reaches the store)."""
+    return [{**uri.checksum(f), "uri": source_label(patient_key, f)} for f in _files(sources)]
 
 
 def feature_frame(values: pd.DataFrame, *, patient_key, event_times=None, dtype=None) -> pd.DataFrame:
@@ -152,18 +159,43 @@ def write_group(ctx, report: ModalityReport, group: str, frame: pd.DataFrame, *,
     if frame.empty:
         report.notes.append(f"nothing to write for group {group!r} (no rows)")
         return
-    version = ctx.store.write_table(group, frame, sources=sources, params=params)
+    version = ctx.store.write_table(group, frame, sources=described_sources(sources, ctx.patient_key), params=params)
     report.groups[group] = version
     log.info("%s: wrote %s@%s (%d rows x %d columns)", report.modality, group, version, len(frame),
              frame.shape[1] - 2)
 
 
 def finish(report: ModalityReport, scrub: Scrubber, failures: list[dict], notes: list[str],
-           patient_key) -> ModalityReport:
-    """Failures with keyed patient ids and no raw id left in any text; notes likewise."""
-    report.failures = scrub.failures([keyed_patient(f, patient_key) for f in failures])
-    report.notes += scrub.notes(notes)
+           patient_key, *, files=()) -> ModalityReport:
+    """Failures with keyed patient ids and no raw id left in any text; notes likewise.
+
+    ``files``: the inputs read; with pseudonymisation, their paths and names become source labels
+    (``SRC-... line 22``), as in the group's lineage.
+    """
+    names = _file_labels(files, patient_key)
+
+    def clean(value):
+        value = scrub.text(value)
+        if isinstance(value, str):
+            for raw, label in names:
+                value = value.replace(raw, label)
+        return value
+
+    report.failures = [{k: clean(v) for k, v in keyed_patient(f, patient_key).items()} for f in failures]
+    report.notes += [clean(n) for n in notes]
     return report
+
+
+def _file_labels(files, patient_key) -> list[tuple[str, str]]:
+    """``(path or file name, label)``, longest first; empty without pseudonymisation."""
+    if not is_pseudonymised(patient_key):
+        return []
+    pairs = {}
+    for f in files:
+        label = source_label(patient_key, f)
+        pairs[str(f)] = label
+        pairs.setdefault(Path(str(f)).name, label)
+    return sorted(pairs.items(), key=lambda p: -len(p[0]))
 
 
 def non_empty(mask) -> bool:

@@ -41,7 +41,7 @@ from mmray.ingest.tables_common import (
 
 
 def _skip(ctx, report: ModalityReport, group: str, sources: list[str], params: dict) -> bool:
-    if ctx.force or not up_to_date(ctx.store, group, sources=sources, params=params):
+    if ctx.force or not up_to_date(ctx.store, group, sources=sources, params=params, patient_key=ctx.patient_key):
         return False
     report.n_items = report.n_skipped = ctx.store.manifest(group)["num_rows"]
     report.notes.append(f"{group} already ingested from these files with these settings (--force recomputes)")
@@ -97,7 +97,7 @@ def ingest_expression(ctx) -> ModalityReport:
     write_group(ctx, report, "expression", frame, sources=[*matrix.sources, *([gmt] if gmt else [])],
                 params=params)
     scrub = Scrubber(ctx.patient_key, set(known) | {parse_sample(s).patient for s in matrix.values.index})
-    return finish(report, scrub, failures, notes, ctx.patient_key)
+    return finish(report, scrub, failures, notes, ctx.patient_key, files=[*matrix.sources, *([gmt] if gmt else [])])
 
 
 def ingest_mutations(ctx) -> ModalityReport:
@@ -119,7 +119,7 @@ def ingest_mutations(ctx) -> ModalityReport:
     write_group(ctx, report, "mutations", feature_frame(patients, patient_key=ctx.patient_key, dtype=np.int8),
                 sources=[path], params=params)
     scrub = Scrubber(ctx.patient_key, {parse_sample(s).patient for s in samples})
-    return finish(report, scrub, failures, notes, ctx.patient_key)
+    return finish(report, scrub, failures, notes, ctx.patient_key, files=[path])
 
 
 def ingest_cnv(ctx) -> ModalityReport:
@@ -152,4 +152,4 @@ def ingest_cnv(ctx) -> ModalityReport:
     write_group(ctx, report, "cnv", feature_frame(patients, patient_key=ctx.patient_key, dtype=np.float32),
                 sources=[path], params={**params, "orientation_used": matrix.orientation})
     scrub = Scrubber(ctx.patient_key, clinical_ids(cohort) | {parse_sample(s).patient for s in matrix.values.index})
-    return finish(report, scrub, failures, notes, ctx.patient_key)
+    return finish(report, scrub, failures, notes, ctx.patient_key, files=[path])

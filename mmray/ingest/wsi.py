@@ -30,9 +30,10 @@ from mmray.features.tile_pipeline import ReadConfig, Source, embedding_dataset, 
 from mmray.features.tiling import TilingSpec
 from mmray.features.tissue import TissueParams
 from mmray.ingest import slide_source
+from mmray.ingest.pseudonym import source_label
 from mmray.ingest.report import ModalityReport
+from mmray.ingest.slide_ids import slide_list
 from mmray.ingest.wsi_aggregates import PATIENTS, SLIDES, TILES, update_patient_aggregates, update_slide_aggregates
-from mmray.store.keys import UNDATED
 
 log = logging.getLogger(__name__)
 
@@ -77,37 +78,6 @@ class WsiConfig:
 
 
 CONFIG = WsiConfig
-
-
-def _pseudonymise(slide_id: str, pid: str, key: str) -> str:
-    """Slide ids such as TCGA barcodes contain the patient id: swap in the pseudonym."""
-    return slide_id.replace(pid, key) if key != pid and pid and pid in slide_id else slide_id
-
-
-def slide_list(ctx) -> tuple[list[dict], list[dict]]:
-    """``(slides, failures)`` from the manifest's wsi rows: slide_id, patient_id (keyed), event_time, uri."""
-    manifest = ctx.cohort.manifest()
-    rows = manifest[manifest["modality"] == "wsi"]
-    slides, failures, seen = [], [], set()
-    for r in rows.to_dict("records"):
-        uri = r["path"]
-        pid = ctx.patient_key(r["patient_id"])
-        sid = str(r.get("item_id") or "").strip() or Path(uri.rstrip("/")).name.split(".")[0]
-        sid = _pseudonymise(sid, r["patient_id"], pid)
-        if sid in seen:
-            failures.append({"item": uri, "patient_id": pid, "reason": f"slide id {sid!r} appears twice in the "
-                             f"manifest; give each slide its own item_id", "slide_id": sid})
-            continue
-        seen.add(sid)
-        date = str(r.get("acquisition_date") or "").strip()
-        try:
-            when = pd.Timestamp(date, tz="UTC") if date else UNDATED
-        except ValueError:
-            failures.append({"item": uri, "patient_id": pid, "slide_id": sid,
-                             "reason": f"acquisition_date {date!r} is not a date; use YYYY-MM-DD"})
-            continue
-        slides.append({"slide_id": sid, "patient_id": pid, "event_time": when.isoformat(), "uri": uri})
-    return slides, failures
 
 
 def fingerprint(uri: str) -> dict:
@@ -165,7 +135,7 @@ def ingest_wsi(ctx) -> ModalityReport:
 
     cfg: WsiConfig = ctx.config
     report = ModalityReport("wsi")
-    slides, bad = slide_list(ctx)
+    slides, bad = slide_list(ctx.cohort.manifest(), ctx.patient_key)
     report.n_items = len(slides) + len(bad)
     for f in bad:
         report.fail(**f)
@@ -175,10 +145,12 @@ def ingest_wsi(ctx) -> ModalityReport:
     sources: dict[str, dict] = {}
     with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) * 4)) as pool:
         for s, src in zip(slides, pool.map(_safe_fingerprint, [s["uri"] for s in slides])):
+            label = source_label(ctx.patient_key, s["uri"])
             if isinstance(src, str):
-                report.fail(item=s["uri"], patient_id=s["patient_id"], reason=src, slide_id=s["slide_id"])
+                report.fail(item=label, patient_id=s["patient_id"], reason=_named(src, s["uri"], label),
+                            slide_id=s["slide_id"])
             else:
-                sources[s["slide_id"]] = {**src, "slide_id": s["slide_id"]}
+                sources[s["slide_id"]] = {**src, "uri": label, "slide_id": s["slide_id"]}
     slides = [s for s in slides if s["slide_id"] in sources]
     todo, carry, prev = _resume(ctx.store, slides, key, sources, ctx.force)
     report.n_skipped = len(carry)
@@ -211,7 +183,8 @@ def ingest_wsi(ctx) -> ModalityReport:
             slide_source.clean_scratch(scratch)
         uris = {s["slide_id"]: s["uri"] for s in todo}
         for sid, (pid, reason) in sorted(sink.failures.items()):
-            report.fail(item=uris.get(sid, sid), patient_id=pid, reason=reason, slide_id=sid)
+            label = sources[sid]["uri"] if sid in sources else sid
+            report.fail(item=label, patient_id=pid, reason=_named(reason, uris.get(sid, ""), label), slide_id=sid)
         report.n_done = len(sink.rows_per_slide)
         if sink.version:
             report.groups[TILES] = tiles_version = sink.version
@@ -226,6 +199,11 @@ def ingest_wsi(ctx) -> ModalityReport:
     if patient_version:
         report.groups[PATIENTS] = patient_version
     return report
+
+
+def _named(reason: str, uri: str, label: str) -> str:
+    """A failure reason that names the slide by its source label (third-party errors may quote the path)."""
+    return reason.replace(uri, label) if uri and label != uri else reason
 
 
 def _safe_fingerprint(uri: str) -> dict | str:

@@ -109,15 +109,19 @@ def load_train_run(store: FeatureStore, name: str | None = None) -> TrainRun:
 
 
 def slide_uris(store: FeatureStore, manifest: pd.DataFrame | None = None) -> dict[str, str]:
-    """slide_id -> slide file (local path or ``s3://``): the cohort manifest, else the ``wsi_tiles`` lineage."""
+    """slide_id -> slide file (local path or ``s3://``): the cohort manifest, else the ``wsi_tiles`` lineage
+    (paths only in an unpseudonymised store; the report reads the files, it never prints these paths)."""
+    from mmray.ingest.pseudonym import SOURCE_LABEL_PREFIX, pseudonymiser_from_env
+    from mmray.ingest.slide_ids import slide_list
+
     out: dict[str, str] = {}
-    if manifest is not None and "item_id" in manifest:
-        wsi = manifest[manifest["modality"] == "wsi"]
-        out.update({str(i): str(p) for i, p in zip(wsi["item_id"], wsi["path"])})
+    if manifest is not None and len(manifest):  # the ids the WSI ingest gave (pseudonyms with a key)
+        slides, _ = slide_list(manifest, pseudonymiser_from_env())
+        out.update({s["slide_id"]: s["uri"] for s in slides})
     if TILES in store.groups():
         for version in store.versions(TILES):  # carried-forward slides are listed by the version that read them
             for src in store.manifest(TILES, version=version).get("sources") or []:
-                if src.get("slide_id"):
+                if src.get("slide_id") and not str(src["uri"]).startswith(SOURCE_LABEL_PREFIX):
                     out.setdefault(str(src["slide_id"]), str(src["uri"]))
     return out
 

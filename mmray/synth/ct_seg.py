@@ -7,8 +7,10 @@ slice's ImagePositionPatient, so readers must place frames by position.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,29 +60,30 @@ def write_seg(
         tracking_id="Tumor 1",
         anatomic_regions=[codes.SCT.Lung],
     )
-    seg = hd.seg.Segmentation(
-        source_images=list(sources),
-        pixel_array=mask.astype(np.uint8),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[description],
-        series_instance_uid=uids["series"],
-        series_number=SEG_SERIES_NUMBER,
-        sop_instance_uid=uids["sop"],
-        instance_number=1,
-        manufacturer="mmray",
-        manufacturer_model_name="mmray.synth",
-        software_versions=mmray.__version__,
-        device_serial_number="0",
-        series_description="Tumor segmentation",
-        content_label="TUMOR",
-        content_description="Primary lung tumour",
-        # highdicom stamps now() unless told; the study date keeps bytes reproducible.
-        content_date=content_date,
-        content_time=content_time,
-        series_date=content_date,
-        series_time=content_time,
-        omit_empty_frames=True,
-    )
+    with _quiet_highdicom():  # its INFO lines quote every source UID: none in mmray's logs
+        seg = hd.seg.Segmentation(
+            source_images=list(sources),
+            pixel_array=mask.astype(np.uint8),
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[description],
+            series_instance_uid=uids["series"],
+            series_number=SEG_SERIES_NUMBER,
+            sop_instance_uid=uids["sop"],
+            instance_number=1,
+            manufacturer="mmray",
+            manufacturer_model_name="mmray.synth",
+            software_versions=mmray.__version__,
+            device_serial_number="0",
+            series_description="Tumor segmentation",
+            content_label="TUMOR",
+            content_description="Primary lung tumour",
+            # highdicom stamps now() unless told; the study date keeps bytes reproducible.
+            content_date=content_date,
+            content_time=content_time,
+            series_date=content_date,
+            series_time=content_time,
+            omit_empty_frames=True,
+        )
     _fix_dimension_org_uid(seg, uids["dimension_org"])
     # highdicom also stamps now() here and in its ContributingEquipmentSequence item.
     seg.InstanceCreationDate = content_date.strftime("%Y%m%d")
@@ -89,6 +92,17 @@ def write_seg(
         item.ContributionDateTime = seg.InstanceCreationDate + content_time
     seg.save_as(path)
     return seg
+
+
+@contextlib.contextmanager
+def _quiet_highdicom():
+    logger = logging.getLogger("highdicom")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _shifted(ds: Dataset, shift_z_mm: float) -> Dataset:

@@ -16,6 +16,7 @@ import ray
 from ct_testdata import ct_patients, write_cohort_spec, write_studies
 
 from mmray.cli import main
+from mmray.ingest.ct_study import uid_key
 from mmray.ingest.pseudonym import KEY_ENV, Pseudonymiser
 from mmray.ingest.run import IngestConfig, run_ingest
 from mmray.store import FeatureStore
@@ -99,7 +100,9 @@ def test_cli_ingest_records_failures_while_the_rest_finish_and_writes_no_phi(coh
     broken = {s["corrupt"]: s for s in studies if s["corrupt"]}
     no_pixels = failures.loc[key(broken["dicom_no_pixels"]["patient_id"])]
     assert "has no pixel data" in no_pixels["reason"]
-    assert broken["dicom_no_pixels"]["corrupt_detail"]["file"].removesuffix(".dcm") in no_pixels["reason"]
+    bad_file = broken["dicom_no_pixels"]["corrupt_detail"]["file"]  # named by its keyed label, never by its name
+    assert bad_file.removesuffix(".dcm") not in no_pixels["reason"]
+    assert f"file {uid_key('file:' + bad_file, key)} " in no_pixels["reason"], no_pixels["reason"]
     assert "match no CT slice" in failures.loc[key(broken["seg_geometry_mismatch"]["patient_id"]), "reason"]
     assert len(failures) == 2
     n = len(studies)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 from pathlib import Path
 
@@ -11,7 +12,18 @@ from tables_testdata import TABLE_MODALITIES, write_tables_cohort
 
 from mmray.cli import main
 from mmray.errors import ConfigError
-from mmray.ingest.pseudonym import KEY_ENV, KEY_FILE_ENV, PREFIX, Pseudonymiser, identity, pseudonymiser_from_env
+from mmray.ingest.pseudonym import (
+    KEY_ENV,
+    KEY_FILE_ENV,
+    PREFIX,
+    SOURCE_LABEL_PREFIX,
+    PathRedactor,
+    Pseudonymiser,
+    identity,
+    is_pseudonymised,
+    pseudonymiser_from_env,
+    source_label,
+)
 from mmray.ingest.run import IngestConfig, run_ingest
 from mmray.store import FeatureStore
 
@@ -131,3 +143,36 @@ def test_a_second_id_column_is_not_a_feature(tmp_path):
     raw = [p["patient_id"].encode() for p in truth["patients"]]
     for path, data in _texts_under(Path(store.uri)):
         assert not any(r in data for r in raw), path
+
+
+def test_source_labels_are_keyed_and_paths_pass_through_without_a_key():
+    key = Pseudonymiser(KEY.encode())
+    path = "/data/Ward7_DrSmith/TCGA-05-4244-01Z-00-DX1.svs"
+    label = source_label(key, path)
+    assert label.startswith(SOURCE_LABEL_PREFIX) and len(label) == len(SOURCE_LABEL_PREFIX) + 16
+    assert label == source_label(Pseudonymiser(KEY.encode()), path) != source_label(key, path + "x")
+    assert label != source_label(Pseudonymiser(OTHER.encode()), path)
+    assert source_label(identity, path) == path and not is_pseudonymised(identity) and is_pseudonymised(key)
+
+
+def test_path_redactor_replaces_input_roots_in_text_objects_and_log_records(tmp_path, caplog):
+    key = Pseudonymiser(KEY.encode())
+    root = tmp_path / "Ward7_DrSmith" / "cohort"
+    redact = PathRedactor(key, [str(root), None])
+    label = source_label(key, str(root))
+    assert redact(f"wrote 3 patients to {root}/slides") == f"wrote 3 patients to {label}/slides"
+    cfg = redact({"cohort": f"{root}/cohort.yaml", "n": 3, "stages": [f"{root}", "x"]})
+    assert cfg == {"cohort": f"{label}/cohort.yaml", "n": 3, "stages": [label, "x"]}
+    assert not PathRedactor(identity, [str(root)]) and PathRedactor(identity, [str(root)])(str(root)) == str(root)
+
+    log = logging.getLogger("mmray.test.redact")
+    with redact.logs():
+        log.warning("cannot read %s/a.svs", root)
+        try:
+            raise OSError(f"no such file: {root}/b.svs")
+        except OSError:
+            log.exception("failed")
+    log.warning("after: %s", root)  # the filter is gone once the block ends
+    text = caplog.text
+    assert f"cannot read {label}/a.svs" in text and f"no such file: {label}/b.svs" in text
+    assert text.count(str(root)) == 1 and f"after: {root}" in text

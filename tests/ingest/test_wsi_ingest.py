@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import types
 
 import numpy as np
 import pandas as pd
@@ -18,7 +17,8 @@ from mmray.cohort import load_cohort  # noqa: E402
 from mmray.config import load_config  # noqa: E402
 from mmray.features.aggregate import pool  # noqa: E402
 from mmray.ingest.run import IngestConfig, run_ingest  # noqa: E402
-from mmray.ingest.wsi import slide_list  # noqa: E402
+from mmray.ingest.pseudonym import Pseudonymiser, source_label  # noqa: E402
+from mmray.ingest.slide_ids import slide_list  # noqa: E402
 from mmray.store import FeatureStore  # noqa: E402
 from mmray.store.keys import UNDATED  # noqa: E402
 from mmray.synth.cohort import write_cohort  # noqa: E402
@@ -159,12 +159,36 @@ def test_ingest_resume_force_and_new_slides(cohort, tmp_path, capsys, caplog):
 
 def test_slide_list_pseudonymises_and_dates(cohort):
     cohort_dir, truth = cohort
-    ctx = types.SimpleNamespace(cohort=load_cohort(cohort_dir / "cohort.yaml"), patient_key=lambda p: "PSN-" + p[-4:])
-    slides, failures = slide_list(ctx)
+    manifest = load_cohort(cohort_dir / "cohort.yaml").manifest()
+    key = Pseudonymiser(b"k" * 32)
+    slides, failures = slide_list(manifest, key)
     assert not failures and len(slides) == len(truth["slides"])
     first = truth["slides"][0]
     got = next(s for s in slides if s["uri"].endswith(first["path"]))
     pid = first["patient_id"]
-    assert got["patient_id"] == "PSN-" + pid[-4:]
-    assert got["slide_id"] == first["slide_id"].replace(pid, got["patient_id"]) and pid not in got["slide_id"]
+    assert got["patient_id"] == key(pid)
+    # <patient pseudonym>-S<keyed hash>: nothing of the barcode, the file name or the slide's suffix survives
+    assert got["slide_id"].startswith(key(pid) + "-S") and len(got["slide_id"]) == 40
+    assert pid not in got["slide_id"] and "DX" not in got["slide_id"]
     assert pd.Timestamp(got["event_time"]) == pd.Timestamp(first["acquisition_date"], tz="UTC")
+    assert slide_list(manifest, Pseudonymiser(b"k" * 32))[0] == slides  # stable for a key
+    other = {s["slide_id"] for s in slide_list(manifest, Pseudonymiser(b"x" * 32))[0]}
+    assert not other & {s["slide_id"] for s in slides}  # another key, other ids
+    plain, _ = slide_list(manifest, lambda p: p)  # no key: the manifest's item ids
+    assert {s["slide_id"] for s in plain} == {s["slide_id"] for s in truth["slides"]}
+
+
+def test_slide_ids_and_failures_hold_no_file_name_or_path_when_pseudonymised(tmp_path):
+    manifest = pd.DataFrame({"patient_id": ["P-0001", "P-0001", "P-0002"], "modality": ["wsi"] * 3,
+                             "path": [str(tmp_path / "Smith_J" / "ACC123456789.svs")] * 2
+                             + [str(tmp_path / "ACC987654321.svs")],
+                             "acquisition_date": ["2020-01-02", "2020-01-02", "not a date"]})
+    key = Pseudonymiser(b"k" * 32)
+    slides, failures = slide_list(manifest, key)
+    assert len(slides) == 1 and len(failures) == 2  # a duplicate and a bad date, each named by its label
+    written = repr(slides[0]["slide_id"]) + repr(failures)
+    for raw in ("ACC123456789", "ACC987654321", "Smith_J", "P-0001", "P-0002", str(tmp_path)):
+        assert raw not in written, raw
+    assert {f["item"] for f in failures} <= {source_label(key, p) for p in manifest["path"]}
+    assert all(f["item"].startswith("SRC-") for f in failures)
+    assert "appears twice" in failures[0]["reason"] and "not a date" in failures[1]["reason"]
