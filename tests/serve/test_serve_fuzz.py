@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from serve_testdata import MAX_INSTANCES, MAX_REQUEST_BYTES, MODELS, TOKEN
 
 pytestmark = pytest.mark.integration
-BOUND_S = 2.0  # generous: a valid request takes ~10-20 ms here, the largest allowed body ~0.1 s
+BOUND_S = 2.0  # generous: most answers take 5-30 ms here, a body at this server's 128 KiB limit ~0.1 s
 N_EXAMPLES = 300
 
 NUMBERS = st.one_of(st.floats(), st.integers(), st.integers(min_value=-(10**400), max_value=10**400),
