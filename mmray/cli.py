@@ -229,13 +229,16 @@ def _setup_serve(sub) -> None:
 def _run_serve(args: argparse.Namespace) -> int:
     from mmray.config import load_config
     from mmray.serve.app import run_serve
-    from mmray.serve.config import ServeConfig
+    from mmray.serve.auth import refuse_secret_overrides
+    from mmray.serve.config import ServeConfig, check_bind
 
+    refuse_secret_overrides(args.overrides)
     overrides = list(args.overrides)
     for key in ("store", "host", "port"):
         if getattr(args, key) is not None:
             overrides.append(f"{key}={getattr(args, key)}")
     cfg = load_config(ServeConfig, args.config, overrides)
+    check_bind(cfg)  # before Ray starts
     init_ray(args.address)
     return run_serve(cfg, local=args.address is None)
 
@@ -305,7 +308,9 @@ def _setup_pipeline(sub) -> None:
 
 def _run_pipeline(args: argparse.Namespace) -> int:
     from mmray.pipeline import PipelineConfig, run_pipeline
+    from mmray.serve.auth import refuse_secret_overrides
 
+    refuse_secret_overrides(args.overrides)  # serve.token=...
     return _run_job(args, PipelineConfig, run_pipeline)
 
 

@@ -24,6 +24,7 @@ finished with failed inputs (exit 3) lets the rest go on.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -118,9 +119,18 @@ class PipelineConfig:
         yield from _section_problems("signatures", self.signatures_config)
         yield from _section_problems("serve", self.serve_config)
         yield from _section_problems("serve", self.serve_extras)
+        if "serve" in self.stages:
+            yield from self._serve_bind_problems()
         if not self.register.name_prefix:
             yield ("register.name_prefix", "give a prefix for the tuned model's registered name, e.g. mmray__")
         yield from self._same_registry()
+
+    def _serve_bind_problems(self):
+        """A reachable serve.host with no token: refused now, not after hours of training."""
+        from mmray.serve.config import bind_problems
+
+        with contextlib.suppress(ConfigError):  # an invalid serve section is reported above
+            yield from [(f"serve.{key}", msg) for key, msg in bind_problems(self.serve_config())]
 
     def _same_registry(self):
         """Serve must look where register and signatures put their models."""
@@ -468,10 +478,11 @@ def _serve(run: _Run):
 
 def _report(run: _Run):
     from mmray.report.build import write_report  # the report module renders every section
+    from mmray.serve.auth import redact
 
     data = {r.name: r.data for r in run.results}
     extra = {"timings": [(r.name, r.seconds, r.status, r.detail) for r in run.results],
-             "serve": data.get("serve"), "pipeline_config": to_dict(run.cfg)}
+             "serve": data.get("serve"), "pipeline_config": redact(to_dict(run.cfg))}  # no serve.token
     if "train" in data:
         extra["train_run"] = data["train"]["run"]  # not the tune refit's run, which is newer
     # out null: <store>/_reports/report.html (for an s3:// store, ./report.html plus a copy in the store)

@@ -19,7 +19,9 @@ from mmray.config import load_config  # noqa: E402
 def main() -> int:
     args = parse_args(__doc__)
     from mmray.pipeline import PipelineConfig, run_pipeline
+    from mmray.serve.auth import refuse_secret_overrides
 
+    refuse_secret_overrides(args.overrides)  # serve.token=... would be in the job's entrypoint
     cfg = load_config(PipelineConfig, args.config, args.overrides)
     connect(args)
     report = run_pipeline(cfg, progress=lambda line: print(line, flush=True))

@@ -226,8 +226,9 @@ def test_config_problems_are_reported_together():
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "ray_jobs" / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_job_yaml_shows_its_ray_job_submit_command(path):
+def test_every_job_yaml_shows_its_ray_job_submit_command(path, monkeypatch):
     """Run from the repository root, as `--working-dir .` needs."""
+    monkeypatch.setenv("MMRAY_SERVE_TOKEN", "t")  # what serving on 0.0.0.0 (the cluster's pipeline.yaml) needs
     header = "\n".join(line.lstrip("# ").rstrip("\\ ") for line in path.read_text().splitlines()
                        if line.startswith("#"))
     cmd = re.search(r"ray job submit --working-dir \. --runtime-env (\S+) -- python (ray_jobs/\w+\.py)\s+"

@@ -23,12 +23,15 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import time
+import traceback
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from mmray.serve.config import ServeConfig, replica_process_env, serve_process_env, token_digest
+from mmray.errors import RegistryError
+from mmray.serve.config import ServeConfig, check_bind, replica_process_env, serve_process_env, token_digest
 
 log = logging.getLogger("mmray.serve")
 DEPLOYMENT = "MmrayModels"
@@ -38,10 +41,18 @@ def _json(status: int, body: dict, headers: dict | None = None):
     return JSONResponse(status_code=status, content=body, headers=headers)
 
 
+def _where(e: BaseException) -> str:
+    """Where an unexpected error was raised (file:line of the last frames), without its message,
+    which may quote request values."""
+    frames = traceback.extract_tb(e.__traceback__)[-3:]
+    return " <- ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in reversed(frames))
+
+
 def build_app(cfg: ServeConfig, *, tracking_uri: str):
     """The bound Serve application (pass it to ``serve.run``)."""
     from ray import serve
 
+    from mmray.serve.limits import read_body
     from mmray.serve.models import Catalog
     from mmray.serve.schemas import MODEL_HEADER, ApiError, model_id, parse_body, parse_inputs, prediction_body
 
@@ -51,13 +62,15 @@ def build_app(cfg: ServeConfig, *, tracking_uri: str):
     @serve.ingress(api)
     class MmrayModels:
         def __init__(self, *, tracking_uri: str, alias: str, prefix: str, token_sha256: str | None,
-                     alias_refresh_s: float, list_cache_s: float, max_instances: int, max_models: int):
+                     alias_refresh_s: float, list_cache_s: float, max_instances: int, max_models: int,
+                     max_request_bytes: int):
             os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
             logging.getLogger("mlflow").setLevel(logging.WARNING)
             self.catalog = Catalog(tracking_uri=tracking_uri, alias=alias, prefix=prefix,
                                    alias_refresh_s=alias_refresh_s, list_cache_s=list_cache_s)
             self.token_sha256 = token_sha256
             self.max_instances, self.max_models = max_instances, max_models
+            self.max_request_bytes = max_request_bytes
             self.requests = 0
             self.loads = 0
             self.local_reloads = 0
@@ -116,7 +129,7 @@ def build_app(cfg: ServeConfig, *, tracking_uri: str):
             name = None
             try:
                 self._auth(request)
-                body = parse_body(await request.body())
+                body = parse_body(await read_body(request, max_bytes=self.max_request_bytes))
                 name = model_id(request.headers.get(MODEL_HEADER) or serve.get_multiplexed_model_id(), body)
                 slot = await self._model(name)
                 self.requests += 1
@@ -128,6 +141,13 @@ def build_app(cfg: ServeConfig, *, tracking_uri: str):
                 log.info("predict model=%s status=%d error=%s", name, e.status, e.error)
                 headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
                 return _json(e.status, e.body(), headers)
+            except RegistryError as e:  # the registry is unreachable or failing: the server's fault
+                log.warning("predict model=%s status=503: %s", name, re.sub(r"://[^/@\s]+@", "://***@", str(e)))
+                return _json(503, {"error": "registry_unavailable", "message": "the model registry did not "
+                                   "answer; retry later"}, {"Retry-After": "5"})
+            except Exception as e:  # noqa: BLE001  a bug: answer JSON, log where (not the message: it may quote inputs)
+                log.error("predict model=%s status=500 %s at %s", name, type(e).__name__, _where(e))
+                return _json(500, {"error": "internal_error", "message": f"{type(e).__name__}; see the replica log"})
             ms = (time.perf_counter() - start) * 1000
             log.debug("predict model=%s v%s n=%d %.1f ms", name, slot.version, out["n"], ms)
             # plain floats and lists: skip FastAPI's jsonable_encoder walk
@@ -174,7 +194,7 @@ def build_app(cfg: ServeConfig, *, tracking_uri: str):
     return deployment.bind(tracking_uri=tracking_uri, alias=cfg.registry.alias, prefix=cfg.model_prefix,
                            token_sha256=token_digest(cfg), alias_refresh_s=cfg.alias_refresh_s,
                            list_cache_s=cfg.models_list_cache_s, max_instances=cfg.max_instances_per_request,
-                           max_models=cfg.max_models_per_replica)
+                           max_models=cfg.max_models_per_replica, max_request_bytes=cfg.max_request_bytes)
 
 
 def start_serve(cfg: ServeConfig) -> str:
@@ -183,6 +203,7 @@ def start_serve(cfg: ServeConfig) -> str:
 
     from mmray.registry.config import resolve_tracking
 
+    check_bind(cfg)  # a reachable host without a token: refused before anything starts
     tracking_uri, _ = resolve_tracking(cfg.registry, store=cfg.store)
     logging_config = {"enable_access_log": cfg.access_log}
     # The controller passes its environment on to the proxies it starts (an already running

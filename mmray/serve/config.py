@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass, field
 
+from mmray.errors import ConfigError
 from mmray.registry.config import RegistryConfig
+from mmray.serve import auth
+
+MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,11 @@ class ServeConfig:
 
     ``model_prefix``: only registered models whose name starts with it are
     servable (``sig__``: the signature models; empty: all). ``token`` (or the
-    environment variable named by ``token_env``, read where ``mmray serve``
-    runs) turns on bearer-token auth for every route but ``/healthz``.
+    file ``token_file``, or the environment variable named by ``token_env``,
+    read where ``mmray serve`` runs) turns on bearer-token auth for every
+    route but ``/healthz``; a host that is not a loopback address needs one
+    unless ``allow_unauthenticated`` (see :mod:`mmray.serve.auth`).
+    ``max_request_bytes``: larger request bodies get 413 before they are parsed.
     ``alias_refresh_s``: how long a replica trusts its name -> version
     resolution before asking the registry again (a new champion is served
     within this time). ``block``: keep the command running (default: only
@@ -50,8 +55,13 @@ class ServeConfig:
     autoscaling: AutoscalingConfig | None = None
     max_ongoing_requests: int = 64
     replica_num_cpus: float = 1.0
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)  # prefer token_file or token_env: never in a repr
+    token_file: str | None = None
     token_env: str = "MMRAY_SERVE_TOKEN"
+    allow_unauthenticated: bool = False  # serve a non-loopback host without a token, on purpose
+    # 8 MiB: ~13 whole-transcriptome profiles by name (~630 KB each), ~2,000 patients of a 200-gene
+    # signature as rows. json.loads of 8 MiB: 0.5-0.9 s on 2 busy cores (load average ~15).
+    max_request_bytes: int = 8 * MIB
     alias_refresh_s: float = 30.0
     models_list_cache_s: float = 10.0
     max_instances_per_request: int = 10000
@@ -78,6 +88,8 @@ class ServeConfig:
             yield ("route_prefix", f"must start with '/', got {self.route_prefix!r}")
         if self.max_instances_per_request < 1:
             yield ("max_instances_per_request", f"must be >= 1, got {self.max_instances_per_request}")
+        if self.max_request_bytes < 1024:
+            yield ("max_request_bytes", f"must be >= 1024, got {self.max_request_bytes}")
 
 
 # Ray Serve reads these when its controller, proxies and replicas start (Ray >= 2.55 documents
@@ -100,12 +112,37 @@ def replica_process_env(cfg: ServeConfig) -> dict[str, str]:
     return {**serve_process_env(cfg), **cfg.replica_env}
 
 
+def serving_token(cfg: ServeConfig) -> str | None:
+    """The token (``token``, then ``token_file``, then ``$token_env``); None: no auth."""
+    return auth.read_token(token=cfg.token, token_file=cfg.token_file, token_env=cfg.token_env)
+
+
 def token_digest(cfg: ServeConfig) -> str | None:
-    """SHA-256 of the configured token (config first, then ``$token_env``); None: no auth.
+    """SHA-256 of the configured token; None: no auth.
 
     Replicas get only the digest, so the token itself is never part of a
     deployment's arguments.
     """
-    token = cfg.token or (os.environ.get(cfg.token_env, "") if cfg.token_env else "")
-    token = token.strip()
-    return hashlib.sha256(token.encode()).hexdigest() if token else None
+    return auth.digest(serving_token(cfg))
+
+
+def bind_problems(cfg: ServeConfig) -> list[tuple[str, str]]:
+    """``[(key, message)]``: an unreadable ``token_file``, or a non-loopback host with no token.
+
+    Not part of :meth:`ServeConfig.validate`: it reads the environment and the
+    token file of the machine that serves, so it runs where and when serving
+    starts (and in the pipeline's checks when its stages include serve).
+    """
+    try:
+        has_token = serving_token(cfg) is not None
+    except ConfigError as e:
+        return list(e.problems)
+    problem = auth.bind_problem(host=cfg.host, has_token=has_token, allow_unauthenticated=cfg.allow_unauthenticated)
+    return [("host", problem)] if problem else []
+
+
+def check_bind(cfg: ServeConfig) -> None:
+    """Raise :class:`ConfigError` naming the host and the fixes when ``cfg`` may not be served."""
+    problems = bind_problems(cfg)
+    if problems:
+        raise ConfigError(problems)

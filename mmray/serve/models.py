@@ -25,6 +25,7 @@ from mmray.registry.registry import Registry, ServableModel
 
 log = logging.getLogger("mmray.serve")
 UNKNOWN_TTL_S = 5.0
+MAX_RESOLVED = 4096  # names remembered; past it expired and unknown ones are dropped (a typo storm)
 
 
 def _safe(name: str) -> str:
@@ -80,8 +81,19 @@ class Catalog:
             mv = self.registry.champion(name)
             version = None if mv is None else str(mv.version)
         ttl = self.alias_refresh_s if version is not None else UNKNOWN_TTL_S
-        self._resolved[name] = Resolved(version, time.monotonic() + ttl)
+        now = time.monotonic()
+        if len(self._resolved) >= MAX_RESOLVED:
+            self._prune(now)
+        self._resolved[name] = Resolved(version, now + ttl)
         return version
+
+    def _prune(self, now: float) -> None:
+        """Forget expired resolutions, then every unknown name if that was not enough."""
+        with self._lock:
+            keep = {n: r for n, r in list(self._resolved.items()) if r.expires > now}
+            if len(keep) >= MAX_RESOLVED:
+                keep = {n: r for n, r in keep.items() if r.version is not None}
+            self._resolved = keep
 
     def load(self, name: str, version: str) -> LoadedModel:
         """Load ``models:/name/version`` (the version ``name@alias`` resolved to).

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 
 MODEL_HEADER = "serve_multiplexed_model_id"
 MAX_LISTED = 50  # names listed in an error message
+_MAX_INT = int(sys.float_info.max)  # larger JSON integers do not fit a float
 
 
 @dataclass
@@ -43,7 +45,7 @@ class ApiError(Exception):
 def parse_body(raw: bytes) -> dict:
     try:
         body = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nesting too deep
         raise ApiError(422, "invalid_json", f"the request body is not valid JSON ({e.__class__.__name__}); "
                                             f"send a JSON object") from None
     if not isinstance(body, dict):
@@ -70,7 +72,9 @@ def model_id(header: str | None, body: dict) -> str:
 
 
 def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if isinstance(v, float):
+        return math.isfinite(v)
+    return isinstance(v, int) and not isinstance(v, bool) and -_MAX_INT <= v <= _MAX_INT
 
 
 def _listed(names) -> list[str]:
@@ -142,6 +146,17 @@ _ABSENT = object()
 
 def prediction_body(*, name: str, version: str, risk: np.ndarray, survival: np.ndarray | None,
                     times_days) -> dict:
+    """The 200 body; 422 when inputs far outside the model's range made a prediction overflow
+    (JSON has no NaN or infinity, and such a score means nothing)."""
+    bad = ~np.isfinite(risk)
+    if survival is not None:
+        bad |= ~np.isfinite(survival).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad).tolist()
+        raise ApiError(422, "prediction_out_of_range",
+                       f"the model's prediction is not finite for {len(rows)} instance(s): their values are far "
+                       f"outside the range it was trained on (check the units and scale, e.g. log2 expression)",
+                       {"instances": rows[:MAX_LISTED]})
     out = {"model": name, "version": version, "n": int(risk.size), "risk": [float(r) for r in risk],
            "survival": None}
     if survival is not None:

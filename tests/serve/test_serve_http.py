@@ -1,80 +1,21 @@
-"""The Serve application over real HTTP on 127.0.0.1: predictions, errors, auth, LRU eviction."""
+"""The Serve application over real HTTP on 127.0.0.1 (conftest.py starts it): predictions, errors, auth,
+LRU eviction."""
 
 from __future__ import annotations
 
-import socket
 import time
 
 import mlflow
 import numpy as np
-import pandas as pd
 import pytest
-import ray
 import requests
-from ray import serve
+from serve_testdata import MODELS, TOKEN
 
-from mmray.config import load_config
 from mmray.registry.config import RegistryConfig
 from mmray.registry.registry import Registry
-from mmray.registry.signatures import SignaturesConfig, run_signatures
-from mmray.serve import MmrayClient, ServeError
-from mmray.serve.app import start_serve
-from mmray.serve.config import ServeConfig
-from mmray.store import FeatureStore
-from mmray.synth.survival_store import write_survival_cohort, write_survival_groups
+from mmray.serve import ServeError
 
 pytestmark = pytest.mark.integration
-TOKEN = "test-token-9f2c"
-SIGS = ["SIG_IMMUNE_CYTOLYTIC", "SIG_PROLIFERATION", "SIG_SQUAMOUS_DIFFERENTIATION", "SIG_ADENO_DIFFERENTIATION"]
-MODELS = [f"sig__{s}" for s in SIGS]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
-    cohort = write_survival_cohort(root / "cohort", patients=60, seed=2)
-    store = str(root / "store")
-    write_survival_groups(cohort, store)
-    mp = pytest.MonkeyPatch()
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    mp.delenv("MMRAY_SERVE_TOKEN", raising=False)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        cfg = load_config(SignaturesConfig, None, [
-            f"cohort={cohort}", f"store={store}", f"only=[{','.join(SIGS)}]", "n_boot=0",
-            "registry.gate.threshold=0.0"])  # register every model: this module tests serving
-        report = run_signatures(cfg)
-        assert report.counts()["registered"] == len(SIGS), report.table()
-        scfg = load_config(ServeConfig, None, [
-            f"store={store}", f"port={_free_port()}", "max_models_per_replica=2", "replica_num_cpus=0.5",
-            "model_prefix=sig__", f"token={TOKEN}", "alias_refresh_s=1.0"])
-        url = start_serve(scfg)
-        mlflow.set_tracking_uri(f"sqlite:///{store}/_mlflow/mlflow.db")
-        mlflow.set_registry_uri(f"sqlite:///{store}/_mlflow/mlflow.db")
-        yield {"url": url, "store": store}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        mp.undo()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with MmrayClient(server["url"], token=TOKEN) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def patients(server) -> pd.DataFrame:
-    """Real expression rows of 5 patients, gene columns only."""
-    expr = FeatureStore(server["store"]).read_table("expression")
-    return expr.drop(columns=["patient_id", "event_time"]).head(5)
 
 
 def _post(url, body, *, model=None, token=TOKEN):

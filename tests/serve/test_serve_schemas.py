@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -92,3 +94,65 @@ def test_serve_process_environment():
                                            "RAY_SERVE_PROXY_USE_GRPC": "0"}
     plain = load_config(ServeConfig, None, ["throughput_optimized=false", "replica_env.AWS_REGION=eu-west-1"])
     assert serve_process_env(plain) == {} and replica_process_env(plain) == {"AWS_REGION": "eu-west-1"}
+
+
+def test_integers_past_float_range_and_deep_nesting_are_422_not_500():
+    big = _err(parse_inputs, {"rows": [[1.0, 10**309, -(10**400)]]}, FEATURES)  # OverflowError before
+    assert big.error == "invalid_features" and big.extra["non_numeric_features"] == ["TOP2A", "CD8A"]
+    np.testing.assert_array_equal(parse_inputs({"rows": [[2**64, -(2**80), 0]]}, FEATURES), [[2.0**64, -(2.0**80), 0]])
+    deep = _err(parse_body, b"[" * 100_000 + b"]" * 100_000)  # RecursionError before
+    assert deep.status == 422 and deep.error == "invalid_json"
+
+
+def test_a_prediction_that_overflows_is_422_naming_the_instances():
+    e = _err(prediction_body, name="m", version="1", risk=np.array([0.1, np.inf, 0.3]),
+             survival=np.array([[0.9], [0.0], [np.nan]]), times_days=np.array([365.0]))
+    assert e.status == 422 and e.error == "prediction_out_of_range" and e.extra["instances"] == [1, 2]
+    assert _err(prediction_body, name="m", version="1", risk=np.array([np.nan]), survival=None,
+                times_days=()).extra["instances"] == [0]
+
+
+def _request(chunks: list[bytes], headers: dict[str, str]):
+    """A Starlette request whose body arrives in ``chunks``; returns it and the chunks handed out."""
+    from starlette.requests import Request
+
+    given: list[bytes] = []
+
+    async def receive():
+        if len(given) < len(chunks):
+            given.append(chunks[len(given)])
+            return {"type": "http.request", "body": given[-1], "more_body": len(given) < len(chunks)}
+        return {"type": "http.disconnect"}
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/predict", "query_string": b"",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    return Request(scope, receive), given
+
+
+def test_the_body_limit_is_enforced_before_reading_or_while_streaming():
+    from mmray.serve.limits import read_body
+
+    req, given = _request([b"x" * 100] * 50, {"content-length": "5000"})
+    e = _err(asyncio.run, read_body(req, max_bytes=4096))
+    assert e.status == 413 and e.error == "request_too_large" and e.extra == {"max_request_bytes": 4096}
+    assert given == []  # refused on the declared length, nothing read
+    req, given = _request([b"x" * 1000] * 50, {})  # chunked: no Content-Length
+    assert _err(asyncio.run, read_body(req, max_bytes=4096)).status == 413
+    assert len(given) == 5  # stopped at the chunk that passed the limit
+    req, _ = _request([b'{"rows": ', b"[[1, 2, 3]]}"], {})
+    assert asyncio.run(read_body(req, max_bytes=4096)) == b'{"rows": [[1, 2, 3]]}'
+    req, _ = _request([b"{}"], {"content-length": "lots"})
+    assert _err(asyncio.run, read_body(req, max_bytes=4096)).status == 400
+
+
+def test_unknown_model_names_do_not_grow_a_replica_without_bound(tmp_path, monkeypatch):
+    """A storm of made-up names (each a registry miss, cached a few seconds) keeps the cache bounded."""
+    from mmray.serve import models
+
+    monkeypatch.setattr(models, "MAX_RESOLVED", 8)
+    catalog = models.Catalog(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", alias="champion", prefix="sig__")
+    sizes = []
+    for i in range(30):
+        assert catalog.resolve(f"sig__MADE_UP_{i}") is None
+        sizes.append(len(catalog._resolved))
+    assert max(sizes) == 8 and catalog.cached_version("sig__MADE_UP_29").version is None
