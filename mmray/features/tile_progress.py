@@ -5,7 +5,8 @@ it failed; the encoder actors report the rows of every batch they embedded;
 the sink reports rows written and failures.  A small actor (no CPU reserved)
 counts, and a thread on the driver logs a line every ``interval_s`` seconds::
 
-    wsi: 12/40 slides planned, 9 complete, 1 failed; 8,421/15,230 tiles+regions encoded (512 /s, ETA 0:00:13), 6,144 written
+    wsi: 12/40 slides planned, 9 complete, 1 failed; 8,421/15,230 tiles+regions encoded (512 /s, ETA 0:00:13),
+    6,144 written
 
 The rate is over the last ``window_s`` seconds; the ETA is the rows not yet
 through the encoder over that rate.  While some slides are not planned yet,

@@ -227,7 +227,8 @@ def ingest_wsi(ctx) -> ModalityReport:
                                          rows_per_file=cfg.rows_per_file, progress=progress)
                 if todo:
                     ds = embedding_dataset(todo, spec=cfg.tiling(), read=cfg.read, source=source, encoder=encoder,
-                                           cfg=cfg.encoder, limits=cfg.limits(), progress=progress, read_resources=cfg.read_resources,
+                                           cfg=cfg.encoder, limits=cfg.limits(), progress=progress,
+                                           read_resources=cfg.read_resources,
                                            encoder_resources=cfg.encoder_resources)
                     ds.write_datasink(sink)
                 else:

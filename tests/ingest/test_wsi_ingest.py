@@ -174,7 +174,8 @@ def test_slide_list_pseudonymises_and_dates(cohort):
 
 
 def progress_lines(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "mmray.ingest.wsi" and "slides planned" in r.getMessage()]
+    return [r.getMessage() for r in caplog.records
+            if r.name == "mmray.ingest.wsi" and "slides planned" in r.getMessage()]
 
 
 @pytest.mark.integration
@@ -234,7 +235,8 @@ def test_a_changed_manifest_mpp_embeds_that_slide_again(tmp_path):
                          "x": [0, 0]})
     store.write_table("wsi_tiles", bags, kind="bag", bag_key="slide_id", sources=list(sources.values()),
                       params={"embed_key": key})
-    slides = [{"slide_id": s, "patient_id": p, "event_time": UNDATED.isoformat()} for s, p in (("A", "P1"), ("B", "P2"))]
+    slides = [{"slide_id": s, "patient_id": p, "event_time": UNDATED.isoformat()}
+              for s, p in (("A", "P1"), ("B", "P2"))]
     todo, carry, prev = _resume(store, slides, key, sources, False)
     assert (todo, carry, prev) == ([], ["A", "B"], "v0001")
     for mpp in (0.8, None):  # a new value, or the column emptied: the file's resolution now
