@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -34,6 +35,26 @@ from mmray.errors import ConfigError
 
 MODALITIES = ("wsi", "ct")
 MANIFEST_COLUMNS = ("patient_id", "modality", "path")
+# Optional columns: item_id, acquisition_date, mpp (a slide's level-0 micrometres per pixel, overriding the file's)
+
+
+def manifest_mpp(text) -> float | None:
+    """The manifest's ``mpp`` cell as a number; None when the column is absent or the cell empty.
+
+    Raises ValueError saying what is expected.
+    """
+    text = "" if text is None else str(text).strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"mpp {text!r} is not a resolution; give the slide's level-0 micrometres per pixel as a "
+                         f"positive number (e.g. 0.25 for a 40x scan, 0.5 for 20x), or leave it empty to use the "
+                         f"file's")
+    return value
 
 
 @dataclass(frozen=True)
@@ -210,6 +231,11 @@ def _check_manifest(path: str) -> list[tuple[str, str]]:
             problems.append((where, "patient_id is empty; give the patient's identifier"))
         if row.modality not in MODALITIES:
             problems.append((where, f"modality {row.modality!r} is not one of {', '.join(MODALITIES)}"))
+        if "mpp" in df.columns:
+            try:
+                manifest_mpp(df["mpp"].iloc[i])
+            except ValueError as e:
+                problems.append((where, str(e)))
         if not row.path:
             problems.append((where, "path is empty; give the slide file or DICOM folder"))
         elif not uri.is_s3(row.path):

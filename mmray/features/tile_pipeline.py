@@ -30,8 +30,8 @@ import pyarrow as pa
 
 from mmray.errors import InputError
 from mmray.features.encoders import EncoderConfig, EncoderSpec
-from mmray.features.tiling import TilingSpec, plan_slide, read_tile
-from mmray.ingest import slide_source
+from mmray.features.tiling import PlanLimits, TilingSpec, plan_slide, read_tile
+from mmray.ingest import slide_resolution, slide_source
 
 log = logging.getLogger(__name__)
 
@@ -90,20 +90,26 @@ def _error_columns(slide: dict, reason: str, spec: TilingSpec) -> dict[str, np.n
                     region_id=-1, level=0, read_px=0, tissue_fraction=0.0, error=reason)
 
 
-def plan_columns(slide: dict, *, spec: TilingSpec, source: Source) -> dict[str, np.ndarray]:
-    """Columns with one row per planned region and tile of ``slide`` (slide_id, patient_id, event_time, uri).
+def plan_columns(slide: dict, *, spec: TilingSpec, source: Source,
+                 limits: PlanLimits = PlanLimits()) -> dict[str, np.ndarray]:
+    """Columns with one row per planned region and tile of ``slide`` (slide_id, patient_id, event_time, uri;
+    optional ``mpp``, the manifest's level-0 resolution for it).
 
-    A slide that fails (unreadable, no resolution, no tissue) gets one row
-    whose ``error`` says why.
+    A slide that fails (unreadable, implausible resolution, too much upsampling, too many tiles, no tissue)
+    gets one row whose ``error`` says why.
     """
     name = slide["slide_id"]
+    given = slide.get("mpp")
+    given = None if given is None or np.isnan(given) else float(given)
     try:
         try:
             handle = source.handle(slide["uri"])
         except InputError as e:
             raise InputError(f"slide {name}: {e}", item=name) from e
-        mpp_l0 = slide_source.slide_mpp(handle, name=name, mpp_override=spec.mpp_override)
-        t, _, _ = plan_slide(handle, mpp_l0=mpp_l0, spec=spec)
+        mpp_l0 = slide_resolution.slide_mpp(handle, name=name, mpp_override=spec.mpp_override, manifest_mpp=given,
+                                            mpp_range=limits.mpp_range)
+        t, _, _ = plan_slide(handle, mpp_l0=mpp_l0, spec=spec, limits=limits, name=name,
+                             mpp_from=slide_resolution.mpp_source(manifest_mpp=given, mpp_override=spec.mpp_override))
     except InputError as e:
         return _error_columns(slide, str(e), spec)
     except Exception as e:  # OpenSlide errors on damaged files, decoder errors
@@ -125,14 +131,16 @@ def plan_columns(slide: dict, *, spec: TilingSpec, source: Source) -> dict[str, 
                     tissue_fraction=np.r_[t.region_tissue, t.tile_tissue].astype(np.float64), error="")
 
 
-def plan_batch(batch: dict[str, np.ndarray], *, spec: TilingSpec, source: Source, progress=None):
+def plan_batch(batch: dict[str, np.ndarray], *, spec: TilingSpec, source: Source, limits: PlanLimits = PlanLimits(),
+               progress=None):
     """Ray Data stage: a batch of slides -> the rows of all their tiles and regions (see :func:`plan_columns`)."""
     parts = []
     for i in range(len(batch["slide_id"])):
-        slide = {k: batch[k][i] for k in ("slide_id", "patient_id", "event_time", "uri")}
-        parts.append(plan_columns(slide, spec=spec, source=source))
+        slide = {k: batch[k][i] for k in ("slide_id", "patient_id", "event_time", "uri", "mpp") if k in batch}
+        parts.append(plan_columns(slide, spec=spec, source=source, limits=limits))
         if progress is not None:
-            progress.planned.remote(slide["slide_id"], len(parts[-1]["x"]))
+            error = parts[-1]["error"][0]  # a failed slide is one row, its error
+            progress.planned.remote(slide["slide_id"], 0 if error else len(parts[-1]["x"]), error)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -177,7 +185,7 @@ class TileEncoder:
     """
 
     def __init__(self, spec: EncoderSpec, *, device: str = "auto", precision: str = "bf16",
-                 channels_last: bool = True, cpu_threads: int | None = None):
+                 channels_last: bool = True, cpu_threads: int | None = None, progress=None):
         import torch
 
         from mmray.features.encoders import build_model
@@ -200,6 +208,7 @@ class TileEncoder:
         self.encoder_id = spec.encoder_id
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255.0
         self.inv_std = 1.0 / (torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255.0)
+        self.progress = progress
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, dim) float32."""
@@ -228,6 +237,8 @@ class TileEncoder:
         emb = np.zeros((len(ok), self.dim), np.float32)
         if ok.any():
             emb[ok] = self.embed(batch["pixels"][ok])
+        if self.progress is not None:  # one fire-and-forget call per batch: {slide: [encoded, failed rows]}
+            self.progress.encoded.remote(_per_slide(batch["slide_id"], ok))
         cols = {k: pa.array(list(batch[k]) if batch[k].dtype == object else batch[k]).cast(t)
                 for k, t in META_TYPES.items()}
         cols["encoder_id"] = pa.array([self.encoder_id] * len(ok), pa.string())
@@ -237,17 +248,29 @@ class TileEncoder:
         return pa.table(cols)
 
 
-def tile_dataset(slides: list[dict], *, spec: TilingSpec, read: ReadConfig, source: Source, progress=None,
-                 resources: dict[str, float] | None = None):
+def _per_slide(slide_ids: np.ndarray, ok: np.ndarray) -> dict[str, list[int]]:
+    """``{slide_id: [rows encoded, rows that arrived with an error]}`` of one batch."""
+    ids, inverse = np.unique(np.asarray(slide_ids, dtype=str), return_inverse=True)
+    good = np.bincount(inverse, weights=ok, minlength=len(ids)).astype(int)
+    total = np.bincount(inverse, minlength=len(ids))
+    return {str(s): [int(g), int(t - g)] for s, g, t in zip(ids, good, total)}
+
+
+def tile_dataset(slides: list[dict], *, spec: TilingSpec, read: ReadConfig, source: Source,
+                 limits: PlanLimits = PlanLimits(), progress=None, resources: dict[str, float] | None = None):
     """Rows of tiles and regions with ``pixels`` (lazy ``ray.data.Dataset``).
 
-    ``resources``: custom Ray resources each read task asks for (e.g. ``{"ingest_cpu": 1}``).
+    ``slides``: dicts with slide_id, patient_id, event_time, uri and optionally ``mpp`` (level-0 um/px
+    that overrides the file's). ``resources``: custom Ray resources each read task asks for
+    (e.g. ``{"ingest_cpu": 1}``).
     """
     import ray.data
 
-    ds = ray.data.from_items(slides, override_num_blocks=max(1, len(slides)))
+    # mpp as a float column in every block (NaN: the file's), so Arrow never sees a null-typed one
+    items = [{**s, "mpp": np.nan if s.get("mpp") is None else float(s["mpp"])} for s in slides]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     ds = ds.map_batches(plan_batch, batch_size=1, batch_format="numpy",
-                        fn_kwargs={"spec": spec, "source": source, "progress": progress})
+                        fn_kwargs={"spec": spec, "source": source, "limits": limits, "progress": progress})
     # A slide's coordinates would be one block; cutting them into read-batch-sized blocks (streaming, no
     # shuffle; Ray fuses this into the planning tasks) lets many read tasks share one slide.
     ds = ds.repartition(target_num_rows_per_block=read.batch_size)
@@ -307,20 +330,23 @@ def pool_size(cfg: EncoderConfig, *, gpu: bool) -> int:
 
 
 def embedding_dataset(slides: list[dict], *, spec: TilingSpec, read: ReadConfig, source: Source,
-                      encoder: EncoderSpec, cfg: EncoderConfig, progress=None,
+                      encoder: EncoderSpec, cfg: EncoderConfig, limits: PlanLimits = PlanLimits(), progress=None,
                       read_resources: dict[str, float] | None = None,
                       encoder_resources: dict[str, float] | None = None):
     """:func:`tile_dataset` followed by the encoder actor pool (lazy ``ray.data.Dataset``).
 
     ``encoder_resources``: custom Ray resources per encoder actor (e.g. ``{"wsi_gpu": 0.25}``).
+    ``progress``: a :class:`mmray.features.tile_progress.ProgressHandle`; planning tasks and the encoder
+    actors report to it.
     """
     import ray.data
 
     gpu = use_gpu(cfg)
-    ds = tile_dataset(slides, spec=spec, read=read, source=source, progress=progress, resources=read_resources)
+    ds = tile_dataset(slides, spec=spec, read=read, source=source, limits=limits, progress=progress,
+                      resources=read_resources)
     kwargs = {"spec": encoder, "device": "cuda" if gpu else "cpu", "precision": cfg.precision,
               "channels_last": cfg.channels_last,
-              "cpu_threads": cfg.cpu_threads or max(1, int(round(cfg.num_cpus_per_actor)))}
+              "cpu_threads": cfg.cpu_threads or max(1, int(round(cfg.num_cpus_per_actor))), "progress": progress}
     return ds.map_batches(TileEncoder, fn_constructor_kwargs=kwargs, batch_size=cfg.batch_size,
                           batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=pool_size(cfg, gpu=gpu)),
                           num_gpus=cfg.num_gpus_per_actor if gpu else 0, num_cpus=cfg.num_cpus_per_actor,

@@ -13,6 +13,11 @@ most ``tile_l0 / tile_px`` (OpenSlide's ``get_best_level_for_downsample`` rule)
 and resized to ``tile_px``; a region is read the same way at its own, much
 coarser, downsample and resized to ``tile_px`` (the encoder resizes both to its
 input size), so a 4096-px region never costs a 4096-px read.
+
+Guards (:class:`PlanLimits`): a slide whose best (level-0) pyramid level is
+coarser than ``max_upsample`` times the target, or whose plan holds more than
+``max_tiles_per_slide`` tiles + regions, fails at planning time instead of
+spending hours on interpolated pixels.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from mmray.errors import InputError
 from mmray.features.tissue import TissueParams, box_fractions, detect_tissue, read_thumbnail
+from mmray.ingest.slide_resolution import DEFAULT_MPP_RANGE
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,45 @@ class TilingSpec:
     min_tissue_fraction: float = 0.25
     mpp_override: float | None = None
     tissue: TissueParams = field(default_factory=TissueParams)
+
+
+@dataclass(frozen=True)
+class PlanLimits:
+    """What a slide may ask for before it fails at planning time.
+
+    Not part of the resume key: a limit never changes the plan of a slide that passes it.
+    """
+
+    min_mpp: float = DEFAULT_MPP_RANGE[0]  # plausible level-0 resolution, micrometres per pixel
+    max_mpp: float = DEFAULT_MPP_RANGE[1]
+    max_upsample: float = 1.5  # target_mpp may be at most this much finer than level 0
+    max_tiles_per_slide: int = 200_000  # tiles + regions
+
+    @property
+    def mpp_range(self) -> tuple[float, float]:
+        return self.min_mpp, self.max_mpp
+
+
+def check_upsample(*, mpp_l0: float, spec: TilingSpec, limits: PlanLimits, name: str, mpp_from: str) -> None:
+    """:class:`InputError` when tiles at ``spec.target_mpp`` would upsample level 0 more than allowed."""
+    factor = mpp_l0 / spec.target_mpp
+    if factor > limits.max_upsample * (1 + 1e-9):
+        raise InputError(f"slide {name}: tiles at wsi.target_mpp={spec.target_mpp:g} um/px would upsample its best "
+                         f"level {factor:.3g}x (level 0 is {mpp_l0:.4g} um/px, from {mpp_from}), more than "
+                         f"wsi.max_upsample={limits.max_upsample:g}; if that resolution is right, set wsi.target_mpp "
+                         f"to at least {mpp_l0 / limits.max_upsample:.3g} (or raise wsi.max_upsample), else correct "
+                         f"it in the manifest's mpp column or wsi.mpp_override", item=name)
+
+
+def check_plan_size(tiles: SlideTiles, *, limits: PlanLimits, name: str, mpp_from: str) -> None:
+    """:class:`InputError` when ``tiles`` holds more tiles + regions than ``limits.max_tiles_per_slide``."""
+    n_tiles, n_regions = len(tiles.tile_x), len(tiles.region_x)
+    if n_tiles + n_regions > limits.max_tiles_per_slide:
+        raise InputError(f"slide {name}: its plan has {n_tiles + n_regions:,} tiles+regions ({n_tiles:,} tiles, "
+                         f"{n_regions:,} regions; {tiles.width_l0:,} x {tiles.height_l0:,} px at "
+                         f"{tiles.mpp_l0:.4g} um/px from {mpp_from}), more than wsi.max_tiles_per_slide="
+                         f"{limits.max_tiles_per_slide:,}; check the slide's resolution, or raise "
+                         f"wsi.max_tiles_per_slide", item=name)
 
 
 def best_level(downsamples, downsample: float, *, rel_tol: float = 1e-3) -> int:
@@ -107,13 +153,22 @@ def plan_tiles(*, width_l0: int, height_l0: int, mpp_l0: float, downsamples, mas
                       region_read, tx, ty, rid, frac, rx, ry, ids, rfrac)
 
 
-def plan_slide(slide, *, mpp_l0: float, spec: TilingSpec) -> tuple[SlideTiles, np.ndarray, float]:
-    """Tissue mask from a thumbnail, then :func:`plan_tiles`; returns ``(tiles, mask, mask_mpp)``."""
+def plan_slide(slide, *, mpp_l0: float, spec: TilingSpec, limits: PlanLimits | None = None, name: str = "",
+               mpp_from: str = "openslide.mpp-x/-y") -> tuple[SlideTiles, np.ndarray, float]:
+    """Tissue mask from a thumbnail, then :func:`plan_tiles`; returns ``(tiles, mask, mask_mpp)``.
+
+    With ``limits``, the upsampling is checked before anything is read and the plan's size after
+    (:class:`InputError` naming slide ``name`` and where ``mpp_l0`` came from, ``mpp_from``).
+    """
+    if limits is not None:
+        check_upsample(mpp_l0=mpp_l0, spec=spec, limits=limits, name=name, mpp_from=mpp_from)
     thumb, thumb_mpp = read_thumbnail(slide, mpp_l0=mpp_l0, params=spec.tissue)
     mask = detect_tissue(thumb, mpp=thumb_mpp, params=spec.tissue)
     w0, h0 = slide.level_dimensions[0]
     tiles = plan_tiles(width_l0=w0, height_l0=h0, mpp_l0=mpp_l0, downsamples=slide.level_downsamples,
                        mask=mask, mask_mpp=thumb_mpp, spec=spec)
+    if limits is not None:
+        check_plan_size(tiles, limits=limits, name=name, mpp_from=mpp_from)
     return tiles, mask, thumb_mpp
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mmray.cohort import manifest_mpp
 from mmray.ingest.pseudonym import is_pseudonymised, keyed_label, source_label
 from mmray.store.keys import UNDATED
 
@@ -29,7 +30,8 @@ def slide_id(row: dict, patient_key) -> str:
 
 
 def slide_list(manifest: pd.DataFrame, patient_key) -> tuple[list[dict], list[dict]]:
-    """``(slides, failures)`` from the manifest's wsi rows: slide_id, patient_id (keyed), event_time, uri.
+    """``(slides, failures)`` from the manifest's wsi rows: slide_id, patient_id (keyed), event_time, uri,
+    mpp (the manifest's level-0 um/px, or None).
 
     ``uri`` is the real file (used to read it, never written); failures name the
     slide by its stored id and its source label (the path only without a pseudonym key).
@@ -53,5 +55,10 @@ def slide_list(manifest: pd.DataFrame, patient_key) -> tuple[list[dict], list[di
             failures.append({"item": item, "patient_id": pid, "slide_id": sid,
                              "reason": f"acquisition_date {date!r} is not a date; use YYYY-MM-DD"})
             continue
-        slides.append({"slide_id": sid, "patient_id": pid, "event_time": when.isoformat(), "uri": uri})
+        try:
+            mpp = manifest_mpp(r.get("mpp"))
+        except ValueError as e:
+            failures.append({"item": item, "patient_id": pid, "slide_id": sid, "reason": str(e)})
+            continue
+        slides.append({"slide_id": sid, "patient_id": pid, "event_time": when.isoformat(), "uri": uri, "mpp": mpp})
     return slides, failures

@@ -28,12 +28,12 @@ import uuid
 from collections import OrderedDict
 from pathlib import Path
 
-import numpy as np
 import openslide
 
 from mmray import uri as uri_mod
 from mmray.errors import InputError
 from mmray.ingest.retry import with_retry
+from mmray.ingest.slide_resolution import slide_mpp  # noqa: F401  (re-exported: callers open and measure here)
 
 log = logging.getLogger(__name__)
 
@@ -193,26 +193,6 @@ def open_slide(path: str, *, name: str) -> openslide.OpenSlide:
                          f"format OpenSlide reads ({', '.join(SLIDE_SUFFIXES)})", item=name) from e
     except (openslide.OpenSlideError, OSError) as e:
         raise InputError(f"cannot open {path}: {type(e).__name__}: {e}", item=name) from e
-
-
-def slide_mpp(slide: openslide.OpenSlide, *, name: str, mpp_override: float | None = None) -> float:
-    """Level-0 micrometres per pixel: ``mpp_override`` if given, else the slide's metadata."""
-    if mpp_override is not None:
-        return float(mpp_override)
-    props = slide.properties
-    values = []
-    for key in (openslide.PROPERTY_NAME_MPP_X, openslide.PROPERTY_NAME_MPP_Y):
-        try:
-            values.append(float(props[key]))
-        except (KeyError, TypeError, ValueError):
-            pass
-    values = [v for v in values if np.isfinite(v) and v > 0]
-    if not values:
-        raise InputError(f"slide {name} has no resolution metadata (openslide.mpp-x/-y missing), so a tile "
-                         f"size in micrometres cannot be placed on it; give the level-0 resolution with "
-                         f"wsi.mpp_override=<micrometres per pixel> (e.g. 0.25 for 40x, 0.5 for 20x)",
-                         item=name)
-    return float(np.mean(values))
 
 
 class SlideHandles:

@@ -27,7 +27,7 @@ import pandas as pd
 from mmray import uri as uri_mod
 from mmray.features.encoders import EncoderConfig, resolve
 from mmray.features.tile_pipeline import ReadConfig, Source, embedding_dataset, pipeline_context
-from mmray.features.tiling import TilingSpec
+from mmray.features.tiling import PlanLimits, TilingSpec
 from mmray.features.tissue import TissueParams
 from mmray.ingest import slide_source
 from mmray.ingest.pseudonym import source_label
@@ -47,6 +47,10 @@ class WsiConfig:
     region_px: int = 4096  # 0: tiles only
     min_tissue_fraction: float = 0.25  # per tile, from the thumbnail tissue mask
     mpp_override: float | None = None  # level-0 resolution for slides without (or with wrong) metadata
+    min_mpp: float = PlanLimits.min_mpp  # plausible level-0 resolutions (um/px); a slide outside fails at planning
+    max_mpp: float = PlanLimits.max_mpp
+    max_upsample: float = PlanLimits.max_upsample  # a slide whose level 0 is coarser than this x target_mpp fails
+    max_tiles_per_slide: int = PlanLimits.max_tiles_per_slide  # tiles + regions; a slide whose plan has more fails
     tissue: TissueParams = field(default_factory=TissueParams)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     read: ReadConfig = field(default_factory=ReadConfig)
@@ -66,8 +70,16 @@ class WsiConfig:
             yield ("region_px", f"must be 0 (no regions) or a multiple of tile_px={self.tile_px}, got {self.region_px}")
         if not 0 <= self.min_tissue_fraction <= 1:
             yield ("min_tissue_fraction", f"must be within [0, 1], got {self.min_tissue_fraction}")
-        if self.mpp_override is not None and self.mpp_override <= 0:
-            yield ("mpp_override", f"must be positive micrometres per pixel, got {self.mpp_override}")
+        if not 0 < self.min_mpp < self.max_mpp:
+            yield ("min_mpp", f"need 0 < min_mpp < max_mpp (micrometres per pixel), got {self.min_mpp} and "
+                              f"{self.max_mpp}")
+        elif self.mpp_override is not None and not self.min_mpp <= self.mpp_override <= self.max_mpp:
+            yield ("mpp_override", f"must be micrometres per pixel within [min_mpp, max_mpp] = [{self.min_mpp}, "
+                                   f"{self.max_mpp}], got {self.mpp_override}")
+        if self.max_upsample < 1:
+            yield ("max_upsample", f"must be at least 1 (no upsampling), got {self.max_upsample}")
+        if self.max_tiles_per_slide < 1:
+            yield ("max_tiles_per_slide", f"must be at least 1, got {self.max_tiles_per_slide}")
         if self.rows_per_file < 1:
             yield ("rows_per_file", f"must be at least 1, got {self.rows_per_file}")
 
@@ -75,6 +87,10 @@ class WsiConfig:
         return TilingSpec(target_mpp=self.target_mpp, tile_px=self.tile_px, region_px=self.region_px,
                           min_tissue_fraction=self.min_tissue_fraction, mpp_override=self.mpp_override,
                           tissue=self.tissue)
+
+    def limits(self) -> PlanLimits:
+        return PlanLimits(min_mpp=self.min_mpp, max_mpp=self.max_mpp, max_upsample=self.max_upsample,
+                          max_tiles_per_slide=self.max_tiles_per_slide)
 
 
 CONFIG = WsiConfig
@@ -123,6 +139,7 @@ def _resume(store, slides: list[dict], key: dict, sources: dict[str, dict], forc
                 and pd.Timestamp(bags.at[sid, "event_time"]) == pd.Timestamp(s["event_time"])
                 and {k: old.get(k) for k in ("size_bytes", "etag", "sha256")}
                 == {k: sources[sid].get(k) for k in ("size_bytes", "etag", "sha256")})
+        same = same and old.get("mpp") == sources[sid].get("mpp")  # a new manifest mpp re-plans the slide
         (carry if same else todo).append(s["slide_id"] if same else s)
     return todo, carry, prev
 
@@ -150,7 +167,8 @@ def ingest_wsi(ctx) -> ModalityReport:
                 report.fail(item=label, patient_id=s["patient_id"], reason=_named(src, s["uri"], label),
                             slide_id=s["slide_id"])
             else:
-                sources[s["slide_id"]] = {**src, "uri": label, "slide_id": s["slide_id"]}
+                sources[s["slide_id"]] = {**src, "uri": label, "slide_id": s["slide_id"],
+                                          **({"mpp": s["mpp"]} if s.get("mpp") is not None else {})}
     slides = [s for s in slides if s["slide_id"] in sources]
     todo, carry, prev = _resume(ctx.store, slides, key, sources, ctx.force)
     report.n_skipped = len(carry)
@@ -174,7 +192,8 @@ def ingest_wsi(ctx) -> ModalityReport:
                                          rows_per_file=cfg.rows_per_file, progress=progress)
                 if todo:
                     ds = embedding_dataset(todo, spec=cfg.tiling(), read=cfg.read, source=source, encoder=encoder,
-                                           cfg=cfg.encoder, progress=progress, read_resources=cfg.read_resources,
+                                           cfg=cfg.encoder, limits=cfg.limits(), progress=progress,
+                                           read_resources=cfg.read_resources,
                                            encoder_resources=cfg.encoder_resources)
                     ds.write_datasink(sink)
                 else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 
 import numpy as np
@@ -12,13 +13,16 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from wsi_testdata import generic_tiff, strip_resolution_tags, tiny_slides  # noqa: E402
+
 from mmray.cli import main  # noqa: E402
 from mmray.cohort import load_cohort  # noqa: E402
 from mmray.config import load_config  # noqa: E402
 from mmray.features.aggregate import pool  # noqa: E402
-from mmray.ingest.run import IngestConfig, run_ingest  # noqa: E402
 from mmray.ingest.pseudonym import Pseudonymiser, source_label  # noqa: E402
+from mmray.ingest.run import IngestConfig, run_ingest  # noqa: E402
 from mmray.ingest.slide_ids import slide_list  # noqa: E402
+from mmray.ingest.wsi import _resume  # noqa: E402
 from mmray.store import FeatureStore  # noqa: E402
 from mmray.store.keys import UNDATED  # noqa: E402
 from mmray.synth.cohort import write_cohort  # noqa: E402
@@ -70,7 +74,7 @@ def test_ingest_resume_force_and_new_slides(cohort, tmp_path, capsys, caplog):
                    "--modalities", "wsi", *ARGS])
     out = capsys.readouterr().out
     assert rc == 3, out
-    assert "slides planned" in caplog.text and "tiles+regions embedded" in caplog.text  # progress log
+    assert "slides planned" in caplog.text and "tiles+regions encoded" in caplog.text  # progress log
     store = FeatureStore(store_uri)
     failures = store.failures()
     assert len(failures) == 1 and failures["item"][0].endswith(bad[0]["path"])
@@ -192,3 +196,75 @@ def test_slide_ids_and_failures_hold_no_file_name_or_path_when_pseudonymised(tmp
     assert {f["item"] for f in failures} <= {source_label(key, p) for p in manifest["path"]}
     assert all(f["item"].startswith("SRC-") for f in failures)
     assert "appears twice" in failures[0]["reason"] and "not a date" in failures[1]["reason"]
+
+
+def progress_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "mmray.ingest.wsi" and "slides planned" in r.getMessage()]
+
+
+@pytest.mark.integration
+def test_bogus_resolutions_fail_at_planning_while_good_slides_finish(tmp_path, capsys, caplog):
+    """The issue's case: a 300 x 250 px TIFF with the 72-dpi default (OpenSlide: 352.8 um/px) used to plan
+    ~27,000 upsampled tiles; now it fails at planning with the reason, and so does a TIFF without any
+    resolution tag, while a good slide and a 72-dpi one whose manifest row gives its mpp are embedded."""
+    (good,) = tiny_slides(tmp_path, n=1)
+    generic_tiff(tmp_path / "photo72.tif")
+    strip_resolution_tags(generic_tiff(tmp_path / "bare.tif"))
+    generic_tiff(tmp_path / "rescued.tif", width_px=1024, height_px=768)  # 72 dpi too; the manifest says 1 um/px
+    rows = [[good["patient_id"], "wsi", good["path"], "GOOD-DX1", ""], ["P-72", "wsi", "photo72.tif", "PHOTO72", ""],
+            ["P-BARE", "wsi", "bare.tif", "BARE", ""], ["P-RESC", "wsi", "rescued.tif", "RESCUED", "1.0"]]
+
+    def write_manifest():
+        with open(tmp_path / "manifest.csv", "w", newline="") as f:
+            csv.writer(f).writerows([["patient_id", "modality", "path", "item_id", "mpp"], *rows])
+
+    write_manifest()
+    (tmp_path / "cohort.yaml").write_text("name: bogus\nmanifest: manifest.csv\n")
+    store_uri = tmp_path / "store"
+    with caplog.at_level("INFO", logger="mmray.ingest.wsi"):
+        rc = main(["ingest", "--cohort", str(tmp_path / "cohort.yaml"), "--store", str(store_uri),
+                   "--modalities", "wsi", *ARGS])
+    out = capsys.readouterr().out
+    assert rc == 3 and "2 input(s) failed" in out, out
+    store = FeatureStore(store_uri)
+    reasons = dict(zip(store.failures()["patient_id"], store.failures()["reason"]))
+    assert sorted(reasons) == ["P-72", "P-BARE"]
+    assert reasons["P-72"].startswith("slide PHOTO72: its resolution is not a scanner's: openslide.mpp-x = 352.8 "
+                                      "um/px comes from tiff.XResolution = 72 pixels per inch")
+    assert reasons["P-BARE"].startswith("slide BARE has no resolution metadata (no openslide.mpp-x/-y, no TIFF "
+                                        "resolution tags)")
+    for reason in reasons.values():
+        assert "manifest's mpp column" in reason and "wsi.mpp_override=" in reason
+    assert store.bag_ids("wsi_tiles") == ["GOOD-DX1", "RESCUED"]
+    rescued = store.read_bag("wsi_tiles", "RESCUED")
+    assert set(rescued.loc[rescued["scale"] == "tile", "size_l0"]) == {128}  # 128 px at 1.0 um/px from 1.0 um/px
+    # progress counted at the encoder: the last line has every planned row encoded, the rate and ETA 0
+    last = progress_lines(caplog)[-1]
+    m = re.search(r"4/4 slides planned, 2 complete, 2 failed; ([\d,]+)/([\d,]+) tiles\+regions encoded "
+                  r"\(([\d,]+) /s, ETA 0:00:00\), ([\d,]+) written", last)
+    assert m, last
+    encoded, planned, _, written = (int(g.replace(",", "")) for g in m.groups())
+    assert encoded == planned == written == len(store.read_table("wsi_tiles")) > 0
+
+    assert {s["slide_id"]: s.get("mpp") for s in store.manifest("wsi_tiles")["sources"]} == {
+        "GOOD-DX1": None, "RESCUED": 1.0}  # the manifest mpp is part of the slide's resume identity
+
+
+def test_a_changed_manifest_mpp_embeds_that_slide_again(tmp_path):
+    store = FeatureStore(tmp_path / "store")
+    key = {"encoder_id": "e@random-seed0"}
+    sources = {"A": {"uri": "a.tif", "size_bytes": 10, "etag": "x", "slide_id": "A"},
+               "B": {"uri": "b.tif", "size_bytes": 20, "etag": "y", "slide_id": "B", "mpp": 1.0}}
+    bags = pd.DataFrame({"slide_id": ["A", "B"], "patient_id": ["P1", "P2"], "event_time": [UNDATED] * 2,
+                         "x": [0, 0]})
+    store.write_table("wsi_tiles", bags, kind="bag", bag_key="slide_id", sources=list(sources.values()),
+                      params={"embed_key": key})
+    slides = [{"slide_id": s, "patient_id": p, "event_time": UNDATED.isoformat()}
+              for s, p in (("A", "P1"), ("B", "P2"))]
+    todo, carry, prev = _resume(store, slides, key, sources, False)
+    assert (todo, carry, prev) == ([], ["A", "B"], "v0001")
+    for mpp in (0.8, None):  # a new value, or the column emptied: the file's resolution now
+        changed = {**sources, "B": {k: v for k, v in {**sources["B"], "mpp": mpp}.items() if v is not None}}
+        todo, carry, _ = _resume(store, slides, key, changed, False)
+        assert [s["slide_id"] for s in todo] == ["B"] and carry == ["A"]
