@@ -142,6 +142,8 @@ def _setup_store(sub) -> None:
     fail = ssub.add_parser("failures", help="inputs that failed, with the reason")
     fail.add_argument("uri")
     fail.add_argument("--stage", default=None)
+    fail.add_argument("--cohort", default=None, help="cohort.yaml: show the file behind each SRC- label (needs "
+                                                     "the pseudonym key; printed here, never written)")
     fail.set_defaults(func=_run_store_failures)
 
 
@@ -169,7 +171,14 @@ def _run_store_failures(args: argparse.Namespace) -> int:
     if table.empty:
         print("no failures recorded")
     else:
-        print(table[["stage", "patient_id", "item", "reason", "recorded_utc"]].to_string(index=False))
+        columns = ["stage", "patient_id", "item", "reason", "recorded_utc"]
+        if args.cohort:
+            from mmray.ingest.identifier_scan import label_sources
+
+            files = label_sources(args.cohort)
+            table["file"] = [files.get(str(i).split(":")[0], "") for i in table["item"]]
+            columns.insert(3, "file")
+        print(table[columns].to_string(index=False))
     return EXIT_OK
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from mmray import uri as uri_mod
+
 MIN_LENGTH = 6
 # Folder names that say what a folder holds, not whom: not identifiers.
 GENERIC_FOLDERS = frozenset({"slides", "images", "dicom", "series", "studies", "radiology", "pathology",
@@ -107,6 +109,22 @@ def cohort_identifiers(cohort_path: str | Path, *, also: Iterable[str] = ()) -> 
         for value in _values_naming_patients(_read_text_table(target), patients):
             add(value, "sample_barcode")
     return [Identifier(v, k) for v, k in sorted(found.items())]
+
+
+def label_sources(cohort_path: str | Path, patient_key=None) -> dict[str, str]:
+    """``SRC- label -> input file`` for a cohort's inputs under ``patient_key`` (default: the configured
+    key), so an operator who holds the key can find the file a failure names. Nothing is written."""
+    from mmray.cohort import load_cohort
+    from mmray.ingest.pseudonym import pseudonymiser_from_env, source_label
+
+    key = patient_key or pseudonymiser_from_env()
+    cohort = load_cohort(cohort_path, check_files=False)
+    files = [cohort.part_path(p) for p in ("clinical", "expression", "mutations", "cnv", "signatures")]
+    files += list(cohort.manifest()["path"])
+    labels = {source_label(key, f): f for f in files if f}
+    for f in [f for f in files if f and not uri_mod.is_s3(f) and Path(f).is_dir()]:
+        labels.update({source_label(key, str(p)): str(p) for p in Path(f).rglob("*") if p.is_file()})
+    return labels
 
 
 def _read_text_table(path: str) -> pd.DataFrame:

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from mmray.cli import main
-from mmray.ingest.identifier_scan import Scanner, cohort_identifiers
+from mmray.ingest.identifier_scan import Scanner, cohort_identifiers, label_sources
+from mmray.ingest.pseudonym import Pseudonymiser, source_label
 from mmray.synth.cohort import write_cohort
 
 
@@ -115,3 +116,13 @@ def _sqlite_with(path, text: str) -> None:
 def _zip_with(path, member: str, text: str) -> None:
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.writestr(member, text)
+
+
+def test_source_labels_resolve_back_to_the_files_with_the_key(cohort):
+    out, truth, _ = cohort
+    key = Pseudonymiser(b"label-test-key-0123456789")
+    files = label_sources(out / "cohort.yaml", key)
+    slide = str(out / truth["slides"][0]["path"])
+    assert files[source_label(key, slide)] == slide
+    assert files[source_label(key, str(out / "clinical.csv"))] == str(out / "clinical.csv")
+    assert source_label(Pseudonymiser(b"another-key-0123456789"), slide) not in files  # only with the same key
