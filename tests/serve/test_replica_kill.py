@@ -132,6 +132,7 @@ class Load:
 
 
 def test_sigkill_of_a_replica_under_load_fails_over_and_serve_restores_the_replica(app):
+    t_test = time.monotonic()
     expr = FeatureStore(app["store"]).read_table("expression")
     rows = expr.drop(columns=["patient_id", "event_time"]).head(3).to_dict(orient="records")
     # the model named in the body: no multiplexing header, so the proxy spreads requests over both replicas
@@ -177,8 +178,10 @@ def test_sigkill_of_a_replica_under_load_fails_over_and_serve_restores_the_repli
         if c.ok:
             assert c.replica_risk[1] == expected[c.replica_risk[0]]
     statuses = sorted({c.status for c in failed})
+    errors = (f"{len(failed)} failed (HTTP status {statuses}, 0: no answer; {[c.error[:80] for c in failed[:2]]}), "
+              f"the last {last_failed - t_kill:.2f} s after the kill" if failed else "none failed")
     print(f"\nserve drill: {REPLICAS} replicas, {CLIENTS} clients; killed replica pid {victim}; {len(calls)} requests "
-          f"({len(after)} from the kill on), {len(failed)} failed (HTTP statuses {statuses}; "
-          f"{[c.error[:80] for c in failed[:2]]}), {ok_during} succeeded while a replica was down; last failure "
-          f"{last_failed - t_kill:.2f} s after the kill, {REPLICAS} replicas running again after "
-          f"{t_back - t_kill:.1f} s (new pid {sorted(set(back) - set(before))}); {len(tail)} successes in a row since")
+          f"({len(after)} from the kill on): {errors}; {ok_during} succeeded while a replica was down; "
+          f"{REPLICAS} replicas running again {t_back - t_kill:.1f} s after the kill (new pid "
+          f"{sorted(set(back) - set(before))}); {len(tail)} successes in a row since the last failure; "
+          f"test {time.monotonic() - t_test:.0f} s")
