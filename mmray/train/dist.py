@@ -62,6 +62,15 @@ def _gather_padded(x: torch.Tensor, *, differentiable: bool, sizes: list[int] | 
     return torch.cat([p[:s] for p, s in zip(parts, sizes)])
 
 
+def all_gather_object(obj) -> list:
+    """``obj`` of every worker, by rank (``[obj]`` without a process group)."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def _all_sum(x: torch.Tensor) -> torch.Tensor:
     if world_size() == 1:
         return x

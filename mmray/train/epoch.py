@@ -24,7 +24,7 @@ from mmray.errors import DataError
 from mmray.models.losses import TimeBins
 from mmray.models.registry import build_model
 from mmray.train import data as D
-from mmray.train.dist import _all_sum, global_loss
+from mmray.train.dist import _all_sum, global_loss, world_size
 from mmray.train.loop_core import EarlyStopping, Predictions, predict, seed_everything, validation_score
 
 
@@ -60,13 +60,19 @@ class TorchSpec:
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """This process's random generators (CUDA's too once initialised: GPU dropout draws from it)."""
+    s = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
 
 
 def set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
     np.random.set_state(s["numpy"])
     random.setstate(s["python"])
+    if "cuda" in s and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(s["cuda"])
 
 
 class EpochTrainer:
@@ -84,6 +90,7 @@ class EpochTrainer:
         self.rank = rank
         self._prepare = prepare
         self.net = None
+        self._rng_restored = False
         self.bins = TimeBins(**spec.bins) if spec.bins else None
         self.cw = (torch.as_tensor(spec.class_weights, dtype=torch.float32, device=self.device)
                    if spec.class_weights else None)
@@ -99,14 +106,22 @@ class EpochTrainer:
             setattr(self.stopper, k, state["stopper"][k])
         self.stopper.best_state = state["best_model"]
         self.history, self.epoch, self.attempt = state["history"], state["epoch"], state["attempt"] + 1
-        set_rng_state(state["rng"])
+        # Each rank continues its own random streams (dropout), so a resumed fit is the uninterrupted one.
+        # A checkpoint with one state (older, or another world size) can't do that: fresh per-rank streams.
+        per_rank = state.get("rng_by_rank") or []
+        if len(per_rank) == world_size() and self.rank < len(per_rank):
+            set_rng_state(per_rank[self.rank])
+            self._rng_restored = True
+        else:
+            set_rng_state(state["rng"])
 
-    def state(self) -> dict:
+    def state(self, *, rng_by_rank: list[dict] | None = None) -> dict:
+        """The checkpoint contents; ``rng_by_rank``: every rank's :func:`rng_state` (a collective gathers it)."""
         return {"model": self.model.state_dict(), "best_model": self.stopper.best_state or self.model.state_dict(),
                 "optimizer": self.opt.state_dict(), "epoch": self.epoch, "attempt": self.attempt,
                 "stopper": {"best_score": self.stopper.best_score, "best_epoch": self.stopper.best_epoch,
                             "bad_epochs": self.stopper.bad_epochs},
-                "history": self.history, "rng": rng_state()}
+                "history": self.history, "rng": rng_state(), "rng_by_rank": rng_by_rank}
 
     @property
     def stopped(self) -> bool:
@@ -114,7 +129,8 @@ class EpochTrainer:
 
     def _wrapped(self):
         if self.net is None:
-            torch.manual_seed(self.spec.seed * 7919 + self.rank + 1000 * self.attempt)  # per-rank dropout streams
+            if not self._rng_restored:  # per-rank dropout streams
+                torch.manual_seed(self.spec.seed * 7919 + self.rank + 1000 * self.attempt)
             self.net = self._prepare(self.model) if self._prepare else self.model
         return self.net
 

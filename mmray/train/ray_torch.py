@@ -9,7 +9,7 @@ decision), and reports with a checkpoint written by rank 0 from a temporary
 folder::
 
     state.pt        model, best_model (early-stopping best), optimizer, epoch, attempt,
-                    early-stopping state, history, RNG states
+                    early-stopping state, history, every rank's RNG states
     spec.json       the TorchSpec (model, hparams, training settings)
     <extra files>   e.g. preprocess.pkl: the fitted fold preprocessing
 
@@ -41,7 +41,8 @@ import torch
 
 from mmray.errors import DataError, MmrayError
 from mmray.train import data as D
-from mmray.train.epoch import EpochTrainer, TorchSpec
+from mmray.train.dist import all_gather_object
+from mmray.train.epoch import EpochTrainer, TorchSpec, rng_state
 from mmray.train.loop_core import Predictions, predict
 from mmray.train.session import LocalSession, RayTrainSession, Session
 
@@ -63,8 +64,13 @@ class InjectedFailure(MmrayError):
     """Raised once by the failure drill (``TorchSpec.fail_at_epoch``)."""
 
 
-def run_loop(spec: TorchSpec, session: Session, *, extra_files: dict[str, bytes] | None = None) -> dict:
-    """The training loop (module doc) against any :class:`Session`; returns the last metrics."""
+def run_loop(spec: TorchSpec, session: Session, *, extra_files: dict[str, bytes] | None = None,
+             heartbeat_dir: str | None = None) -> dict:
+    """The training loop (module doc) against any :class:`Session`; returns the last metrics.
+
+    ``heartbeat_dir``: each worker rewrites ``rank<r>.json`` there as it starts an epoch (its pid, the
+    epoch, the attempt): which process is which rank and how far it got (fault drills, hung runs).
+    """
     tr = EpochTrainer(spec, device=session.device(), prepare=session.prepare_model, rank=session.world_rank)
     with session.restored() as ck:
         if ck is not None and _resumable(Path(ck), spec):
@@ -73,20 +79,31 @@ def run_loop(spec: TorchSpec, session: Session, *, extra_files: dict[str, bytes]
     train_src, val_src = session.dataset("train"), session.dataset("val")
     metrics: dict = {"epoch": tr.epoch, "attempt": tr.attempt}
     while not tr.stopped:
+        if heartbeat_dir:
+            _heartbeat(Path(heartbeat_dir), rank=session.world_rank, epoch=tr.epoch + 1, attempt=tr.attempt)
         _maybe_fail(spec, tr.epoch + 1)
         row = tr.step(train_src, val_src)
         metrics = {**row, "best_val_score": tr.stopper.best_score, "best_epoch": tr.stopper.best_epoch,
                    "stopped": tr.stopped, "world_size": session.world_size}
+        rngs = all_gather_object(rng_state())  # every rank's dropout stream, so a restart continues each one
         with tempfile.TemporaryDirectory(prefix="mmray-ckpt-") as tmp:
             ckpt_dir = None
             if session.world_rank == 0:
-                torch.save(tr.state(), Path(tmp) / "state.pt")
+                torch.save(tr.state(rng_by_rank=rngs), Path(tmp) / "state.pt")
                 (Path(tmp) / "spec.json").write_text(spec.to_json())
                 for name, blob in (extra_files or {}).items():
                     (Path(tmp) / name).write_bytes(blob)
                 ckpt_dir = tmp
             session.report(metrics, ckpt_dir)
     return metrics
+
+
+def _heartbeat(folder: Path, *, rank: int, epoch: int, attempt: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    beat = {"rank": rank, "pid": os.getpid(), "epoch": epoch, "attempt": attempt, "time_unix": time.time()}
+    tmp = folder / f".rank{rank}.json.{os.getpid()}"
+    tmp.write_text(json.dumps(beat))
+    os.replace(tmp, folder / f"rank{rank}.json")  # readers never see half a file
 
 
 # Fields that may change between a run and its continuation (train longer, drill off).
@@ -122,7 +139,8 @@ def train_loop_per_worker(config: dict) -> None:
     """``TorchTrainer`` entry: ``config = {"spec": TorchSpec, "extra_files": {...}, "threads": int}``."""
     if config.get("threads"):
         torch.set_num_threads(int(config["threads"]))
-    run_loop(config["spec"], RayTrainSession(), extra_files=config.get("extra_files"))
+    run_loop(config["spec"], RayTrainSession(), extra_files=config.get("extra_files"),
+             heartbeat_dir=config.get("heartbeat_dir"))
 
 
 # ------------------------------------------------------------------ driver
@@ -153,12 +171,13 @@ def load_checkpoint(path: str | Path, *, best: bool = True) -> tuple[torch.nn.Mo
 def fit_torch(spec: TorchSpec, *, train: dict, val: dict, run_dir: str | Path, executor: str = "ray_train",
               workers: int = 1, use_gpu: bool = False, max_failures: int = 1, keep: int = 2,
               tiles: dict | None = None, extra_files: dict[str, bytes] | None = None,
-              threads_per_worker: int = 1) -> TorchFit:
+              threads_per_worker: int = 1, heartbeat_dir: str | Path | None = None) -> TorchFit:
     """Fit ``spec`` on ``train``/``val`` column dicts (:func:`mmray.train.data.prepared_columns`).
 
     ``tiles`` (:class:`~mmray.train.data.TileReader` kwargs) makes the
     datasets read tile bags from the store as they stream.  ``run_dir``
-    receives Ray Train's run folder (checkpoints) or the local checkpoints.
+    receives Ray Train's run folder (checkpoints) or the local checkpoints;
+    ``heartbeat_dir`` the workers' heartbeats (:func:`run_loop`).
     """
     if executor not in EXECUTORS:
         raise DataError(f"executor must be one of {EXECUTORS}, got {executor!r}")
@@ -169,12 +188,12 @@ def fit_torch(spec: TorchSpec, *, train: dict, val: dict, run_dir: str | Path, e
     if executor == "local":
         session = LocalSession(run_dir, {"train": _source(train, tiles), "val": _source(val, tiles)}, keep=keep,
                                device="cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        run_loop(spec, session, extra_files=extra_files)
+        run_loop(spec, session, extra_files=extra_files, heartbeat_dir=str(heartbeat_dir) if heartbeat_dir else None)
         ckpt = session.latest_checkpoint
     else:
         ckpt = _fit_ray_train(spec, train=train, val=val, run_dir=run_dir, workers=workers, use_gpu=use_gpu,
                               max_failures=max_failures, keep=keep, tiles=tiles, extra_files=extra_files,
-                              threads=threads_per_worker)
+                              threads=threads_per_worker, heartbeat_dir=heartbeat_dir)
     if ckpt is None:
         raise DataError(f"{spec.model}: training produced no checkpoint (max_epochs={spec.max_epochs})")
     model, state, _ = load_checkpoint(ckpt)
@@ -200,7 +219,7 @@ def poll_reports_fast() -> None:
 
 
 def _fit_ray_train(spec, *, train, val, run_dir, workers, use_gpu, max_failures, keep, tiles, extra_files,
-                   threads) -> Path | str:
+                   threads, heartbeat_dir=None) -> Path | str:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -208,7 +227,8 @@ def _fit_ray_train(spec, *, train, val, run_dir, workers, use_gpu, max_failures,
     datasets = {"train": D.to_dataset(train, tiles=tiles), "val": D.to_dataset(val, tiles=tiles)}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": spec, "extra_files": extra_files or {}, "threads": threads},
+        train_loop_config={"spec": spec, "extra_files": extra_files or {}, "threads": threads,
+                           "heartbeat_dir": str(heartbeat_dir) if heartbeat_dir else None},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
         datasets=datasets, dataset_config=DataConfig(datasets_to_split=["train"]),

@@ -68,3 +68,18 @@ def test_local_session_keeps_the_newest_checkpoints_and_a_rerun_resumes(prep, tm
     assert [r["epoch"] for r in s2.reports] == [3, 4] and last["attempt"] == 1
     fit = fit_torch(longer, train=cols, val=cols, run_dir=tmp_path / "run", executor="local")
     assert [h["epoch"] for h in fit.history] == [0, 1, 2, 3, 4]  # already done: nothing retrained
+
+
+def test_a_resumed_fit_continues_the_random_streams_and_ends_where_an_uninterrupted_one_does(prep, tmp_path):
+    # dropout on: a resume that re-seeds its dropout stream would train on other masks from the resumed epoch
+    spec = TorchSpec(model="early_fusion", task="survival_cox", modality_dims=DIMS, n_out=1, max_epochs=4,
+                     patience=50, batch_size=16, seed=1, hparams={"dropout": 0.3, "modality_dropout": 0.2})
+    cols = D.prepared_columns(prep)
+    whole = fit_torch(spec, train=cols, val=cols, run_dir=tmp_path / "whole", executor="local")
+    fit_torch(TorchSpec(**{**spec.__dict__, "max_epochs": 2}), train=cols, val=cols, run_dir=tmp_path / "split",
+              executor="local")
+    resumed = fit_torch(spec, train=cols, val=cols, run_dir=tmp_path / "split", executor="local")
+    assert [h["attempt"] for h in resumed.history] == [0, 0, 1, 1]
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]
+    for a, b in zip(resumed.model.state_dict().values(), whole.model.state_dict().values()):
+        assert torch.equal(a, b)
