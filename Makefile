@@ -32,7 +32,8 @@ lock_entry = awk '/^[^ \#]/ {p = ($$1 ~ /^$(1)==/)} p' $(LOCK)
 setup: $(STAMP)
 
 # pip installs uv (pinned and hash-checked from the lock); uv installs the lock
-# exactly (`pip sync` removes what it does not list). numpy and
+# exactly (`pip sync` removes what it does not list) and compiles its bytecode
+# (imports of torch, ray and mlflow are seconds faster with it). numpy and
 # versioneer go first: pyradiomics is built against them (no build isolation).
 $(STAMP): $(LOCK) pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,7 +41,7 @@ $(STAMP): $(LOCK) pyproject.toml
 	$(PY) -m pip install -q --no-deps --require-hashes -r $(VENV)/uv-lock.txt
 	@{ $(foreach p,setuptools wheel numpy versioneer,$(call lock_entry,$(p));) } > $(VENV)/build-lock.txt
 	$(UV) pip install -q --python $(PY) $(UV_SOURCES) --require-hashes --no-deps -r $(VENV)/build-lock.txt
-	$(UV) pip sync -q --python $(PY) $(UV_SOURCES) --require-hashes --no-build-isolation $(LOCK)
+	$(UV) pip sync -q --python $(PY) $(UV_SOURCES) --require-hashes --no-build-isolation --compile-bytecode $(LOCK)
 	$(UV) pip install -q --python $(PY) --no-deps --no-build-isolation -e .
 	@touch $@
 	@echo "environment ready: $(VENV)"
