@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-ray = pytest.importorskip("ray")
+import ray  # a hard dependency: a broken Ray fails here, never skips
 
 from mmray.cli import main  # noqa: E402
 from mmray.cohort import load_cohort  # noqa: E402
@@ -26,6 +26,9 @@ from mmray.synth.cohort import write_cohort  # noqa: E402
 # A small, fast configuration: 128-px tiles at 1 mpp (24 per tiny slide), 512-px regions, a tiny encoder.
 ARGS = ["wsi.encoder.name=resnet10t", "wsi.encoder.input_px=32", "wsi.target_mpp=1.0", "wsi.tile_px=128",
         "wsi.region_px=512", "wsi.encoder.batch_size=32", "wsi.progress_interval_s=1"]
+
+# starts Ray (a module fixture): out of `make test-fast`
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -55,7 +58,6 @@ def only(reports):
     return report
 
 
-@pytest.mark.integration
 def test_ingest_resume_force_and_new_slides(cohort, tmp_path, capsys, caplog):
     cohort_dir, truth = cohort
     cohort_dir = shutil.copytree(cohort_dir, tmp_path / "cohort")  # this test adds a slide to its manifest

@@ -198,7 +198,8 @@ def test_bad_profile_and_unknown_subtype_are_reported(tmp_path):
 
 @pytest.mark.integration
 def test_ray_fan_out_writes_the_same_bytes(tmp_path):
-    ray = pytest.importorskip("ray")
+    import ray  # here, not at the top: only this test needs it
+
     patients = [controlled_patient(31, subtype="squamous_cell", z_wsi=1.0),
                 controlled_patient(32, subtype="adenocarcinoma", z_wsi=-1.0)]
     local = write_slides(patients, out_dir=tmp_path / "local" / "slides", profile=TINY, seed=9)
