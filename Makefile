@@ -33,8 +33,9 @@ setup: $(STAMP)
 
 # pip installs uv (pinned and hash-checked from the lock); uv installs the lock
 # exactly (`pip sync` removes what it does not list) and compiles its bytecode
-# (imports of torch, ray and mlflow are seconds faster with it). numpy and
-# versioneer go first: pyradiomics is built against them (no build isolation).
+# (imports of torch, ray and mlflow are seconds faster with it). setuptools,
+# wheel, numpy and versioneer go first: the lock's three sdists (pyradiomics,
+# docopt, autograd-gamma) are built against them, without build isolation.
 $(STAMP): $(LOCK) pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(call lock_entry,uv) > $(VENV)/uv-lock.txt
@@ -65,7 +66,8 @@ test: $(STAMP)
 test-drills: $(STAMP)
 	$(PY) -m pytest -q -m drill $(PYTEST_ARGS)
 
-# Unit tests only (no services, no clusters).
+# Unit tests only: no Ray, services or clusters (those carry the `integration`
+# marker, enforced by tests/integration_guard.py); a few minutes on 2 cores.
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not integration and not slow" $(PYTEST_ARGS)
 
