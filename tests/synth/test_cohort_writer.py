@@ -86,6 +86,7 @@ def test_planted_risk_drives_survival():
     assert 0.3 < event.mean() < 0.9
 
 
+@pytest.mark.slow  # writes a cohort through the CLI
 def test_cli_writes_cohort_and_refuses_foreign_folder(tmp_path, capsys):
     out = tmp_path / "c"
     assert main(["synth", "--out", str(out), "--patients", "5", "--seed", "3"]) == 0
