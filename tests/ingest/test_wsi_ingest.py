@@ -10,7 +10,6 @@ import types
 import numpy as np
 import pandas as pd
 import pytest
-
 import ray  # a hard dependency: a broken Ray fails here, never skips
 
 from mmray.cli import main  # noqa: E402

@@ -7,7 +7,6 @@ import posixpath
 import numpy as np
 import pandas as pd
 import pytest
-
 import ray  # a hard dependency: a broken Ray fails here, never skips
 
 from mmray.errors import StoreError  # noqa: E402
