@@ -23,6 +23,9 @@ from pathlib import Path
 
 import pytest
 
+# hooks that enforce the ``integration`` marker (S3 server, Ray); pytest finds them by name here
+from integration_guard import pytest_collection_modifyitems, pytest_runtest_call, pytest_runtest_setup  # noqa: F401
+
 _KEY, _SECRET, _REGION, _BUCKET = "mmraytest", "mmraytestsecret", "us-east-1", "mmray-test"
 
 

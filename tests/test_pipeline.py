@@ -33,7 +33,7 @@ from mmray.pipeline import STAGES, PipelineConfig, run_pipeline
 from mmray.serve.queries import StoreRows
 from mmray.store import FeatureStore
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # runs `mmray pipeline`: Ray, every stage, Serve
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "ray_jobs" / "configs" / "pipeline_tiny.yaml")
 SIGNATURE_MODELS = {"sig__SIG_PROLIFERATION", "sig__SIG_IMMUNE_CYTOLYTIC", "sig__ALL_GENES"}

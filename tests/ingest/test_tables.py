@@ -210,6 +210,7 @@ def _ray_started() -> bool:
     return bool(ray is not None and ray.is_initialized())
 
 
+@pytest.mark.slow  # writes a cohort and ingests it
 def test_cli_ingest_ls_show_on_the_tiny_cohort(tmp_path, capsys):
     """The whole tiny cohort (slides and CT in its manifest), its table modalities only: exit 3."""
     write_cohort(tmp_path / "cohort", patients=5, seed=0, profile="tiny", corrupt=4)  # 5 patients: fewer slides

@@ -10,8 +10,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-
-ray = pytest.importorskip("ray")
+import ray  # a hard dependency: a broken Ray fails here, never skips
 
 from wsi_testdata import generic_tiff, strip_resolution_tags, tiny_slides  # noqa: E402
 
@@ -30,6 +29,9 @@ from mmray.synth.cohort import write_cohort  # noqa: E402
 # A small, fast configuration: 128-px tiles at 1 mpp (24 per tiny slide), 512-px regions, a tiny encoder.
 ARGS = ["wsi.encoder.name=resnet10t", "wsi.encoder.input_px=32", "wsi.target_mpp=1.0", "wsi.tile_px=128",
         "wsi.region_px=512", "wsi.encoder.batch_size=32", "wsi.progress_interval_s=1"]
+
+# starts Ray (a module fixture): out of `make test-fast`
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -59,7 +61,6 @@ def only(reports):
     return report
 
 
-@pytest.mark.integration
 def test_ingest_resume_force_and_new_slides(cohort, tmp_path, capsys, caplog):
     cohort_dir, truth = cohort
     cohort_dir = shutil.copytree(cohort_dir, tmp_path / "cohort")  # this test adds a slide to its manifest

@@ -7,9 +7,9 @@ import os
 import numpy as np
 import openslide
 import pytest
+import ray  # a hard dependency: a broken Ray fails here, never skips
 from PIL import Image
-
-ray = pytest.importorskip("ray")
+from wsi_testdata import break_tile, tiny_slides  # noqa: E402
 
 from mmray.features.encoders import EncoderConfig, resolve  # noqa: E402
 from mmray.features.tile_pipeline import ReadConfig, Source, embedding_dataset, tile_dataset  # noqa: E402
@@ -17,9 +17,10 @@ from mmray.features.tile_sink import TileEmbeddingSink  # noqa: E402
 from mmray.features.tiling import TilingSpec  # noqa: E402
 from mmray.store import FeatureStore  # noqa: E402
 
-from wsi_testdata import break_tile, tiny_slides  # noqa: E402
-
 READ = ReadConfig(batch_size=8)
+
+# starts Ray and the S3 server (module fixtures): out of `make test-fast`
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module", autouse=True)

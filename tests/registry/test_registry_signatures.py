@@ -22,6 +22,9 @@ GOOD_SETS = {
     "HALLMARK_MIXED/SET (v1)": [*IMMUNE[:4], *PROLIFERATION[:4]],
 }
 
+# starts Ray (the module fixture every test uses): out of `make test-fast`
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
@@ -128,7 +131,6 @@ def test_cli_runs_the_fanout(env, capsys):
     assert "no signature 'NO_SUCH_SET'" in capsys.readouterr().err
 
 
-@pytest.mark.integration
 def test_two_hundred_signatures(env):
     gmt = env["root"] / "random200.gmt"
     names = random_gmt(gmt, n_sets=200, n_genes=300, seed=5, min_size=2, max_size=12)

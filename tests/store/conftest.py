@@ -9,7 +9,7 @@ import pytest
 from mmray.store import FeatureStore
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.integration)])  # s3: a server process
 def store_uri(request, tmp_path) -> str:
     """A fresh store location: a local folder, or a prefix on the S3 server process."""
     if request.param == "local":

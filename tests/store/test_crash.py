@@ -47,6 +47,8 @@ def _run_until_killed(store_uri: str) -> str:
     return line.split()[1]
 
 
+@pytest.mark.integration  # starts a writer process and SIGKILLs it
+@pytest.mark.drill
 def test_sigkilled_writer_leaves_previous_version_readable(store, make_tiles):
     tiles = make_tiles(seed=4)
     store.write_table("tiles", tiles, kind="bag", bag_key="slide_id")

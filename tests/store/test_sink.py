@@ -7,11 +7,13 @@ import posixpath
 import numpy as np
 import pandas as pd
 import pytest
-
-ray = pytest.importorskip("ray")
+import ray  # a hard dependency: a broken Ray fails here, never skips
 
 from mmray.errors import StoreError  # noqa: E402
 from mmray.store import FeatureGroupSink, fsio, training_dataset, writer  # noqa: E402
+
+# starts Ray (a module fixture): out of `make test-fast`
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -32,6 +32,7 @@ def digest_tree(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow  # the module fixture writes a whole cohort (~20 s)
 def test_spec_loads_and_names_every_part(tiny):
     cohort = load_cohort(tiny / "cohort.yaml")
     assert cohort.modalities() == ["clinical", "expression", "mutations", "cnv", "wsi", "ct"]
@@ -45,6 +46,7 @@ def test_spec_loads_and_names_every_part(tiny):
     assert set(manifest["patient_id"]) <= set(clinical[cohort.spec.clinical.id_column])
 
 
+@pytest.mark.slow  # the module fixture writes a whole cohort (~20 s)
 def test_truth_records_patients_modalities_and_corruptions(tiny):
     truth = json.loads((tiny / "truth.json").read_text())
     assert truth["generator"] == {"mmray_version": truth["generator"]["mmray_version"], "profile": "tiny",
@@ -61,6 +63,7 @@ def test_truth_records_patients_modalities_and_corruptions(tiny):
             assert entry["files"] and all((tiny / f).exists() for f in entry["files"])
 
 
+@pytest.mark.slow  # writes two more cohorts
 def test_same_seed_same_bytes_other_seed_differs(tiny, tmp_path):
     again = tmp_path / "again"
     write_cohort(again, patients=8, seed=1, profile="tiny", corrupt=4)
@@ -83,6 +86,7 @@ def test_planted_risk_drives_survival():
     assert 0.3 < event.mean() < 0.9
 
 
+@pytest.mark.slow  # writes a cohort through the CLI
 def test_cli_writes_cohort_and_refuses_foreign_folder(tmp_path, capsys):
     out = tmp_path / "c"
     assert main(["synth", "--out", str(out), "--patients", "5", "--seed", "3"]) == 0

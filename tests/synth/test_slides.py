@@ -152,6 +152,7 @@ def test_sparse_nuclei_counted_on_pixels_match_the_planted_density(planted):
         assert n_blobs / tissue_mm2 == pytest.approx(planted_density_per_mm2(patient), rel=0.25)
 
 
+@pytest.mark.slow  # writes four sets of slides
 def test_same_seed_same_bytes_and_slides_depend_only_on_their_patient(tmp_path):
     patients = [controlled_patient(7, subtype="adenocarcinoma", z_wsi=0.3, n_slides=2),
                 controlled_patient(8, subtype="squamous_cell", z_wsi=-0.4)]
@@ -167,6 +168,7 @@ def test_same_seed_same_bytes_and_slides_depend_only_on_their_patient(tmp_path):
     assert sha256(tmp_path / "a" / first[2]["path"]) == sha256(tmp_path / "c" / first[2]["path"])
 
 
+@pytest.mark.slow  # writes and reads whole slides
 def test_truncated_slide_is_cut_and_unreadable_while_the_second_slide_is_fine(tmp_path):
     broken = controlled_patient(21, subtype="large_cell", z_wsi=0.0, n_slides=2, corruptions=["truncated_slide"])
     records = write_slides([broken], out_dir=tmp_path / "bad" / "slides", profile=TINY, seed=4)
@@ -198,7 +200,8 @@ def test_bad_profile_and_unknown_subtype_are_reported(tmp_path):
 
 @pytest.mark.integration
 def test_ray_fan_out_writes_the_same_bytes(tmp_path):
-    ray = pytest.importorskip("ray")
+    import ray  # here, not at the top: only this test needs it
+
     patients = [controlled_patient(31, subtype="squamous_cell", z_wsi=1.0),
                 controlled_patient(32, subtype="adenocarcinoma", z_wsi=-1.0)]
     local = write_slides(patients, out_dir=tmp_path / "local" / "slides", profile=TINY, seed=9)

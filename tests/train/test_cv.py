@@ -21,6 +21,9 @@ from mmray.train.folds import load_or_make_folds
 FAST = ["train.executor=local", "lgbm.executor=local", "train.max_epochs=4", "train.patience=3", "n_boot=30",
         "train.batch_size=32"]
 
+# starts Ray (a module fixture): out of `make test-fast`
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session():

@@ -1,4 +1,10 @@
-"""Metrics agree with scikit-survival / lifelines / scikit-learn; validation and bootstrap behave."""
+"""Metrics agree with hand computations, lifelines and scikit-learn; validation and bootstrap behave.
+
+Uno's C, the cumulative/dynamic AUC and the integrated Brier score are checked
+against values worked out by hand on a 7-patient case and against the
+reference implementations below (pair loops over the published formulas, own
+Kaplan-Meier), never against the scikit-survival calls mmray makes.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import pytest
 from lifelines.utils import concordance_index
 from sklearn.metrics import roc_auc_score
 from sksurv.linear_model import CoxPHSurvivalAnalysis
-from sksurv.metrics import concordance_index_ipcw, cumulative_dynamic_auc, integrated_brier_score
+from sksurv.metrics import cumulative_dynamic_auc
 from sksurv.util import Surv
 
 from mmray.errors import DataError
@@ -42,30 +48,166 @@ def test_harrell_c_matches_lifelines(cohort):
     assert M.harrell_c(risk, time_days=time, event=event) == pytest.approx(want, abs=1e-9)
 
 
-def test_uno_c_matches_sksurv_with_training_censoring(cohort):
+# ------------------------------------------------ independent references
+# Conventions (those of scikit-survival, which mmray wraps): G is the
+# Kaplan-Meier estimate of the censoring survival P(C > t) from the TRAINING
+# labels, right-continuous and evaluated at T_i itself (not T_i-); at a tie an
+# event precedes a censoring, so events leave the censoring risk set first.
+def _km(time, observed):
+    """``S(x) = prod_{s <= x} (1 - d_s / n_s)`` over the distinct times s (d_s: observed, n_s: at risk)."""
+    time, observed = np.asarray(time, float), np.asarray(observed, bool)
+
+    def at(x):
+        out = []
+        for xv in np.atleast_1d(np.asarray(x, float)):
+            s = 1.0
+            for u in np.unique(time[time <= xv]):
+                n_at_risk = np.sum(time >= u)
+                s *= 1.0 - np.sum(observed & (time == u)) / n_at_risk
+            out.append(s)
+        return np.array(out)
+    return at
+
+
+def _censoring_km(train_time, train_event):
+    """``G(x) = prod_{s <= x} (1 - c_s / (n_s - d_s))``: censorings c_s among those still at risk after events d_s."""
+    tt, te = np.asarray(train_time, float), np.asarray(train_event, bool)
+
+    def at(x):
+        out = []
+        for xv in np.atleast_1d(np.asarray(x, float)):
+            g = 1.0
+            for u in np.unique(tt[tt <= xv]):
+                at_risk = np.sum(tt >= u) - np.sum(te & (tt == u))
+                cens = np.sum(~te & (tt == u))
+                g *= 1.0 - cens / at_risk if cens else 1.0
+            out.append(g)
+        return np.array(out)
+    return at
+
+
+def _concordance(ri, rj):
+    return 1.0 if ri > rj else 0.5 if ri == rj else 0.0
+
+
+def _ref_uno_c(risk, t, e, G, tau):
+    """Uno et al. 2011: sum_ij d_i G(T_i)^-2 [T_i < tau] [j comparable to i] conc(r_i, r_j) / same without conc.
+
+    j is comparable to an event i when T_j > T_i, or T_j == T_i and j is censored.
+    """
+    num = den = 0.0
+    for i in range(len(t)):
+        if not e[i] or t[i] >= tau:
+            continue
+        w = G(t[i])[0] ** -2
+        for j in range(len(t)):
+            if t[j] > t[i] or (t[j] == t[i] and not e[j]):
+                num += w * _concordance(risk[i], risk[j])
+                den += w
+    return num / den
+
+
+def _ref_auc(risk, t, e, G, times):
+    """Cumulative/dynamic AUC (Uno 2007, Hung & Chiang 2010): cases T_i <= t with an event, weight 1/G(T_i);
+    controls T_j > t, weight 1.  Mean AUC: sum_k AUC(t_k) (S(t_k-1) - S(t_k)) / (1 - S(t_K)), S the test KM."""
+    auc = []
+    for tk in times:
+        cases = [i for i in range(len(t)) if e[i] and t[i] <= tk]
+        controls = [j for j in range(len(t)) if t[j] > tk]
+        num = sum(_concordance(risk[i], risk[j]) / G(t[i])[0] for i in cases for j in controls)
+        den = sum(1.0 / G(t[i])[0] for i in cases) * len(controls)
+        auc.append(num / den)
+    s = _km(t, e)(times)
+    drop = -np.diff(np.r_[1.0, s])
+    return np.array(auc), float(np.sum(np.array(auc) * drop) / (1.0 - s[-1]))
+
+
+def _ref_ibs(surv, t, e, G, times):
+    """Graf et al. 1999: BS(t) = 1/n sum_i S_i(t)^2 [T_i <= t, d_i] / G(T_i) + (1 - S_i(t))^2 [T_i > t] / G(t);
+    IBS = trapezoid of BS over the grid / (t_K - t_1)."""
+    bs = []
+    for k, tk in enumerate(times):
+        terms = [surv[i, k] ** 2 / G(t[i])[0] if (e[i] and t[i] <= tk) else
+                 (1.0 - surv[i, k]) ** 2 / G(tk)[0] if t[i] > tk else 0.0 for i in range(len(t))]
+        bs.append(np.mean(terms))
+    area = sum((bs[k] + bs[k + 1]) / 2 * (times[k + 1] - times[k]) for k in range(len(times) - 1))
+    return area / (times[-1] - times[0])
+
+
+# A case small enough to do by hand.  Training: G = 1 on [2, 3), 5/6 on [3, 5) (at 3 one event leaves
+# 7 at risk, then 1 of the 6 left is censored), 2/3 on [5, 7), 4/9 on [7, 10).
+HAND_TRAIN = (np.array([2, 3, 3, 5, 6, 7, 9, 10.0]), np.array([1, 1, 0, 0, 1, 0, 1, 0], bool))
+#                 A    B    C    D    E    F    G
+HAND_TIME = np.array([2, 3, 3, 5, 7, 8, 9.5])
+HAND_EVENT = np.array([1, 1, 0, 1, 0, 1, 0], bool)
+HAND_RISK = np.array([2.0, 1.0, 1.5, 1.0, 0.5, 0.2, 1.2])
+HAND_SURV = np.array([[.5, .3, .2], [.6, .4, .3], [.7, .5, .4], [.8, .5, .4],
+                      [.9, .7, .6], [.9, .8, .5], [.9, .8, .7]])  # at 3, 6, 8 days
+
+# Uno's C, tau = 8 (F's event at 8 is not < tau).  Weights G(T_i)^-2: A 1, B 36/25, D 9/4.
+#   A beats all 6 later patients: 6/6.  B vs C (tied time, censored) 0, D (tied risk) 1/2, E 1, F 1, G 0: 2.5/5.
+#   D vs E 1, F 1, G 0: 2/3.   C = (6 + 36/25 * 2.5 + 9/4 * 2) / (6 + 36/25 * 5 + 9/4 * 3) = 14.1 / 19.95
+HAND_UNO_C = 94 / 133
+# AUC(3): cases A (w 1), B (w 6/5); controls D, E, F, G.  A 4/4, B 2.5/4: (4 + 3) / (11/5 * 4) = 35/44.
+# AUC(6): cases A, B, D (w 3/2); controls E, F, G.  A 3, B 2, D 2: (3 + 2.4 + 3) / (3.7 * 3) = 28/37.
+# Test KM: S(3) = 6/7 * 5/6 = 5/7, S(6) = 5/7 * 3/4 = 15/28; mean = (35/44 * 2/7 + 28/37 * 5/28) / (13/28).
+HAND_AUC, HAND_MEAN_AUC = (35 / 44, 28 / 37), 4130 / 5291
+# 7 * BS(3) = .5^2 + .6^2 * 6/5 + (.2^2 + .1^2 * 3) * 6/5 = 0.766
+# 7 * BS(6) = .3^2 + .4^2 * 6/5 + .5^2 * 3/2 + (.3^2 + .2^2 + .2^2) * 3/2 = 0.912
+# 7 * BS(8) = .2^2 + .3^2 * 6/5 + .4^2 * 3/2 + .5^2 * 9/4 + .3^2 * 9/4 = 1.153  (E censored at 7: 0)
+# IBS = ((0.766 + 0.912) / 2 * 3 + (0.912 + 1.153) / 2 * 2) / 7 / 5
+HAND_IBS = 4.582 / 35
+
+
+def test_survival_metrics_equal_the_hand_computed_case():
+    tt, te = HAND_TRAIN
+    kw = {"time_days": HAND_TIME, "event": HAND_EVENT, "train_time_days": tt, "train_event": te}
+    assert M.uno_c(HAND_RISK, tau_days=8.0, **kw) == pytest.approx(HAND_UNO_C, abs=1e-12)
+    auc, mean = M.td_auc(HAND_RISK, times_days=[3.0, 6.0], **kw)
+    np.testing.assert_allclose(auc, HAND_AUC, rtol=0, atol=1e-12)
+    assert mean == pytest.approx(HAND_MEAN_AUC, abs=1e-12)
+    assert M.integrated_brier(HAND_SURV, times_days=[3.0, 6.0, 8.0], **kw) == pytest.approx(HAND_IBS, abs=1e-12)
+
+
+def test_reference_implementations_reproduce_the_hand_case():
+    G = _censoring_km(*HAND_TRAIN)
+    np.testing.assert_allclose(G([2.5, 3, 4, 5, 6.5, 7, 9.9]), [1, 5 / 6, 5 / 6, 2 / 3, 2 / 3, 4 / 9, 4 / 9])
+    assert _ref_uno_c(HAND_RISK, HAND_TIME, HAND_EVENT, G, 8.0) == pytest.approx(HAND_UNO_C, abs=1e-12)
+    auc, mean = _ref_auc(HAND_RISK, HAND_TIME, HAND_EVENT, G, [3.0, 6.0])
+    np.testing.assert_allclose(auc, HAND_AUC, atol=1e-12)
+    assert mean == pytest.approx(HAND_MEAN_AUC, abs=1e-12)
+    assert _ref_ibs(HAND_SURV, HAND_TIME, HAND_EVENT, G, [3.0, 6.0, 8.0]) == pytest.approx(HAND_IBS, abs=1e-12)
+
+
+def test_uno_c_equals_the_reference_with_training_censoring(cohort):
     (_, tt, te), (_, t, e, r) = _split(cohort)
-    tau = 800.0
-    want = concordance_index_ipcw(Surv.from_arrays(te, tt), Surv.from_arrays(e, t), r, tau=tau)[0]
-    assert M.uno_c(r, time_days=t, event=e, train_time_days=tt, train_event=te, tau_days=tau) == pytest.approx(want)
+    G = _censoring_km(tt, te)
+    for tau in (400.0, 800.0):
+        want = _ref_uno_c(r, t, e, G, tau)
+        got = M.uno_c(r, time_days=t, event=e, train_time_days=tt, train_event=te, tau_days=tau)
+        assert got == pytest.approx(want, rel=1e-10)
+    # tau defaults to the last training time
+    assert M.uno_c(r, time_days=t, event=e, train_time_days=tt, train_event=te) == pytest.approx(
+        _ref_uno_c(r, t, e, G, float(tt.max())), rel=1e-10)
     assert 0.6 < M.uno_c(r, time_days=t, event=e, train_time_days=tt, train_event=te) < 0.9
 
 
-def test_td_auc_and_ibs_match_sksurv(cohort):
+def test_td_auc_and_ibs_equal_the_references(cohort):
     (Xtr, tt, te), (Xte, t, e, _) = _split(cohort)
     cox = CoxPHSurvivalAnalysis().fit(Xtr, Surv.from_arrays(te, tt))
     risk_tr, risk_te = cox.predict(Xtr), cox.predict(Xte)
     times = np.array([150.0, 300.0, 500.0])
-    ytr, yte = Surv.from_arrays(te, tt), Surv.from_arrays(e, t)
+    G = _censoring_km(tt, te)
     auc, mean = M.td_auc(risk_te, time_days=t, event=e, train_time_days=tt, train_event=te, times_days=times)
-    want_auc, want_mean = cumulative_dynamic_auc(ytr, yte, risk_te, times)
-    np.testing.assert_allclose(auc, want_auc)
-    assert mean == pytest.approx(want_mean)
+    want_auc, want_mean = _ref_auc(risk_te, t, e, G, times)
+    np.testing.assert_allclose(auc, want_auc, rtol=1e-10)
+    assert mean == pytest.approx(want_mean, rel=1e-10)
     # survival from our Breslow helper equals sksurv's CoxPH survival functions
     surv = M.BreslowSurvival().fit(risk_tr, time_days=tt, event=te).survival(risk_te, times)
     want_surv = np.stack([fn(times) for fn in cox.predict_survival_function(Xte)])
     np.testing.assert_allclose(surv, want_surv, rtol=1e-6)
     ibs = M.integrated_brier(surv, time_days=t, event=e, train_time_days=tt, train_event=te, times_days=times)
-    assert ibs == pytest.approx(integrated_brier_score(ytr, yte, want_surv, times))
+    assert ibs == pytest.approx(_ref_ibs(surv, t, e, G, times), rel=1e-10)
     assert 0 < ibs < 0.25
 
 

@@ -19,6 +19,9 @@ from mmray.train.ray_torch import TorchSpec, fit_torch, load_checkpoint, predict
 
 DIMS = {"clinical": 4, "expression": 8}
 
+# starts Ray (a module fixture): out of `make test-fast`
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session():
@@ -95,7 +98,6 @@ def test_ray_lightgbm_trains_heec_on_two_workers_and_beats_random(tmp_path):
     assert abs(c_ray - c_local) < 0.08  # stratified (per-shard) Cox objective: close to the one-machine fit
 
 
-@pytest.mark.integration
 def test_ray_lightgbm_heec_subtype_multiclass_on_two_workers(tmp_path):
     X, c = _heec_table(400, seed=5)
     tr, va, te = np.arange(260), np.arange(260, 320), np.arange(320, 400)

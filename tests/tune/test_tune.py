@@ -16,6 +16,9 @@ from mmray.train.ray_torch import load_checkpoint
 from mmray.tune.config import TuneJobConfig
 from mmray.tune.tuner import run_tune
 
+# starts Ray (a module fixture): out of `make test-fast`
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session():
