@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import ray
 from ray import serve
-from serve_testdata import MAX_INSTANCES, MAX_REQUEST_BYTES, MODELS, SIGS, TOKEN, free_port
+from .serve_testdata import MAX_INSTANCES, MAX_REQUEST_BYTES, MODELS, SIGS, TOKEN, free_port
 
 from mmray.config import load_config
 from mmray.registry.signatures import SignaturesConfig, run_signatures

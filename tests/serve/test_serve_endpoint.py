@@ -15,7 +15,7 @@ import ray._private.state
 import requests
 from ray import serve
 from ray.experimental import internal_kv
-from serve_testdata import MAX_REQUEST_BYTES, MODELS, TOKEN
+from .serve_testdata import MAX_REQUEST_BYTES, MODELS, TOKEN
 
 pytestmark = pytest.mark.integration
 HEADERS = {"Authorization": f"Bearer {TOKEN}", "serve_multiplexed_model_id": MODELS[0],

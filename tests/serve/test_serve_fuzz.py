@@ -19,7 +19,7 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from serve_testdata import MAX_INSTANCES, MAX_REQUEST_BYTES, MODELS, TOKEN
+from .serve_testdata import MAX_INSTANCES, MAX_REQUEST_BYTES, MODELS, TOKEN
 
 pytestmark = pytest.mark.integration
 BOUND_S = 2.0  # generous: most answers take 5-30 ms here, a body at this server's 128 KiB limit ~0.1 s

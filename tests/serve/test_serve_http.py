@@ -9,7 +9,7 @@ import mlflow
 import numpy as np
 import pytest
 import requests
-from serve_testdata import MODELS, TOKEN
+from .serve_testdata import MODELS, TOKEN
 
 from mmray.registry.config import RegistryConfig
 from mmray.registry.registry import Registry
