@@ -7,7 +7,11 @@ LRU eviction), a small body limit (so the fuzzing reaches the 413 cheaply).
 
 from __future__ import annotations
 
+import os
+
 import mlflow
+import mlflow.tracking._model_registry.utils as mlflow_registry
+import mlflow.tracking._tracking_service.utils as mlflow_tracking
 import pandas as pd
 import pytest
 import ray
@@ -29,6 +33,8 @@ def server(tmp_path_factory):
     cohort = write_survival_cohort(root / "cohort", patients=60, seed=2)
     store = str(root / "store")
     write_survival_groups(cohort, store)
+    previous_uris = (mlflow_tracking._tracking_uri, mlflow_registry._registry_uri)
+    previous_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mp = pytest.MonkeyPatch()
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     mp.delenv("MMRAY_SERVE_TOKEN", raising=False)
@@ -54,6 +60,15 @@ def server(tmp_path_factory):
         serve.shutdown()
         ray.shutdown()
         mp.undo()
+        # mlflow.set_tracking_uri/set_registry_uri set module globals that outlive the package: later
+        # modules (and mmray code reading mlflow's defaults) must not log into this package's store.
+        # (set_*_uri also exports MLFLOW_*_URI, after the first module's own snapshot of the environment).
+        mlflow_tracking._tracking_uri, mlflow_registry._registry_uri = previous_uris
+        for key, value in previous_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture(scope="package")
