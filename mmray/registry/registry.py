@@ -148,6 +148,12 @@ class Registry:
             if not token:
                 return out
 
+    def close_abandoned(self, match: str) -> int:
+        """Mark KILLED the RUNNING runs of this experiment that ``match`` selects (:mod:`.abandoned`)."""
+        from mmray.registry.abandoned import close_abandoned
+
+        return close_abandoned(self.client, [self.experiment_id], match=match)
+
     @staticmethod
     def outcome_of_run(run) -> Outcome:
         """The :class:`Outcome` an earlier run recorded (for resumed signatures)."""

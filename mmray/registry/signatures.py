@@ -28,7 +28,7 @@ from mmray.config import config_hash
 from mmray.errors import ConfigError, MmrayError
 from mmray.features.gmt import GeneSet, read_gmt
 from mmray.registry.config import RegistryConfig
-from mmray.registry.lineage import Lineage, data_key, model_name
+from mmray.registry.lineage import TAG, Lineage, data_key, model_name
 from mmray.registry.pyfunc import SurvivalPyfunc
 from mmray.registry.registry import Candidate, Outcome, Registry
 from mmray.store import FeatureStore
@@ -195,6 +195,7 @@ def run_signatures(cfg: SignaturesConfig) -> SignaturesReport:
     dkey = data_key(feature_versions=data.feature_versions, folds=data.folds_ref, folds_hash=data.folds_hash,
                     store=store.uri)
     earlier = {} if cfg.force else registry.finished_runs(config_hash=chash, data_key=dkey)
+    registry.close_abandoned(f"tags.`{TAG}config_hash` = '{chash}' and tags.`{TAG}data_key` = '{dkey}'")
     have = set(data.genes)
     rows: list[Row] = []
     pending: dict = {}

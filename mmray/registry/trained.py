@@ -243,6 +243,7 @@ def register_tuned(tune_output: str, *, store: str, registry: RegistryConfig, na
             log.info("register: %s of %s was recorded before (run %s); force=true registers again", run.model,
                      run.run, earlier.info.run_id)
             return dataclasses.replace(Registry.outcome_of_run(earlier), signature=None)
+    reg.close_abandoned(f"tags.`{TAG}register_hash` = '{lineage.register_hash}'")  # a killed register's run
     params = {"model": run.model, "task": run.task, "tune_run": run.run, "gate.metric": cfg.gate.metric,
               "gate.threshold": cfg.gate.threshold, "gate.require_ci_low": cfg.gate.require_ci_low}
     reason = _refusal(run)

@@ -18,7 +18,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from mmray.errors import StoreError
-from mmray.store import keys
+from mmray.store import fsio, keys
 from mmray.store.layout import check_part_name
 
 
@@ -52,18 +52,19 @@ def write_part(fs: pafs.FileSystem, version_path: str, table: pa.Table, *, part_
     bags: list[dict] = []
     if bag_key:
         table = table.take(pc.sort_indices(table, sort_keys=[(bag_key, "ascending")]))
-    fs.create_dir(version_path, recursive=True)
-    with fs.open_output_stream(path) as sink:
-        with pq.ParquetWriter(sink, table.schema) as writer:
-            if bag_key:
-                for row_group, (start, stop) in enumerate(_runs(table[bag_key])):
-                    piece = table.slice(start, stop - start)
-                    writer.write_table(piece, row_group_size=piece.num_rows)
-                    bags.append(_bag_record(piece, bag_key=bag_key, row_group=row_group,
-                                            path=rel, where=where))
-            else:
-                writer.write_table(table)
-        size = sink.tell()
+    with fsio.io_failure(where, doing=f"writing {fsio.display(fs, path)}"):
+        fs.create_dir(version_path, recursive=True)
+        with fs.open_output_stream(path) as sink:
+            with pq.ParquetWriter(sink, table.schema) as writer:
+                if bag_key:
+                    for row_group, (start, stop) in enumerate(_runs(table[bag_key])):
+                        piece = table.slice(start, stop - start)
+                        writer.write_table(piece, row_group_size=piece.num_rows)
+                        bags.append(_bag_record(piece, bag_key=bag_key, row_group=row_group,
+                                                path=rel, where=where))
+                else:
+                    writer.write_table(table)
+            size = sink.tell()
     return {"path": rel, "num_rows": table.num_rows, "size_bytes": int(size),
             "schema": schema_to_text(table.schema), "bags": bags}
 

@@ -86,7 +86,4 @@ class FeatureGroupSink(Datasink[list]):
         if self.version is None or self.manifest is not None:
             return
         fs, root = self.store.filesystem
-        try:
-            fs.delete_dir(layout.version_dir(root, self.group, self.version))
-        except OSError:
-            pass
+        writer.discard(fs, root, self.group, self.version)

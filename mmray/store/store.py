@@ -278,6 +278,7 @@ class FeatureStore:
         above the longest gap between two parts of a running job. A data file
         that any committed version lists (bags carried forward as
         ``../vNNNN/...``) is never deleted, even in a folder that lost its manifest.
+        On S3, multipart uploads left unfinished in a removed folder are aborted.
         """
         now = time.time()
         removed = []
@@ -299,6 +300,7 @@ class FeatureStore:
                     continue
                 kept = [i.path for i in fsio.files_under(self._fs, vdir)
                         if posixpath.normpath(i.path) in referenced]
+                fsio.abort_uploads(self._fs, vdir)  # a file in flight when its writer died
                 if not kept:
                     self._fs.delete_dir(vdir)
                     continue

@@ -40,19 +40,22 @@ def _now() -> str:
 def allocate(fs: pafs.FileSystem, root: str, group: str) -> tuple[str, str]:
     """Reserve the next version id of ``group``; returns ``(version, writer token)``."""
     gdir = layout.group_dir(root, group)
-    numbers = [layout.version_number(d) for d in fsio.subdirs(fs, gdir)]
-    n = max([x for x in numbers if x is not None], default=0) + 1
-    token = uuid.uuid4().hex
-    for _ in range(20):
-        version = layout.version_id(n)
-        vdir = layout.version_dir(root, group, version)
-        wpath = posixpath.join(vdir, layout.WRITER)
-        if not fsio.exists(fs, wpath) and not fsio.exists(fs, posixpath.join(vdir, layout.MANIFEST)):
-            fsio.put_json(fs, wpath, {"token": token, "host": socket.gethostname(),
-                                      "pid": os.getpid(), "started_utc": _now()})
-            if fsio.get_json(fs, wpath).get("token") == token:
-                return version, token
-        n += 1
+    with fsio.io_failure(f"group {group!r}", doing=f"reserving a new version under {fsio.display(fs, gdir)}",
+                         then="nothing was written; check that the store is reachable and writable, then "
+                              "run the write again"):
+        numbers = [layout.version_number(d) for d in fsio.subdirs(fs, gdir)]
+        n = max([x for x in numbers if x is not None], default=0) + 1
+        token = uuid.uuid4().hex
+        for _ in range(20):
+            version = layout.version_id(n)
+            vdir = layout.version_dir(root, group, version)
+            wpath = posixpath.join(vdir, layout.WRITER)
+            if not fsio.exists(fs, wpath) and not fsio.exists(fs, posixpath.join(vdir, layout.MANIFEST)):
+                fsio.put_json(fs, wpath, {"token": token, "host": socket.gethostname(),
+                                          "pid": os.getpid(), "started_utc": _now()})
+                if fsio.get_json(fs, wpath).get("token") == token:
+                    return version, token
+            n += 1
     raise StoreError(f"group {group!r}: could not reserve a new version under {gdir} "
                      f"(another writer keeps taking them?)")
 
@@ -74,26 +77,52 @@ def commit(fs: pafs.FileSystem, root: str, *, group: str, version: str, token: s
     if kind == "bag":
         index = bag_index(parts, bag_key=bag_key, where=where)
         num_bags = len(set(index["bag_id"].to_pylist()))
-        with fs.open_output_stream(posixpath.join(vdir, layout.BAG_INDEX)) as f:
+        path = posixpath.join(vdir, layout.BAG_INDEX)
+        with (fsio.io_failure(where, doing=f"writing the bag index {fsio.display(fs, path)}"),
+              fs.open_output_stream(path) as f):
             pq.write_table(index, f)
     man = manifest_mod.build(group=group, version=version, kind=kind, bag_key=bag_key,
                              parts=parts, sources=sources, params=params, num_bags=num_bags,
                              schema=schema)
     wpath = posixpath.join(vdir, layout.WRITER)
-    try:
-        holder = fsio.get_json(fs, wpath).get("token")
-    except (FileNotFoundError, OSError, ValueError):
-        holder = None
+    with fsio.io_failure(where, doing=f"checking the writer token {fsio.display(fs, wpath)}"):
+        try:
+            holder = fsio.get_json(fs, wpath).get("token")
+        except (FileNotFoundError, ValueError):  # removed or garbled: not ours any more
+            holder = None
     if holder != token:
         raise StoreError(f"{where}: another writer took over {vdir} (writer token changed); "
                          f"nothing committed; write again")
-    fsio.put_json(fs, layout.manifest_path(root, group, version), man)
-    _advance_latest(fs, root, group, version)
+    mpath = layout.manifest_path(root, group, version)
+    with fsio.io_failure(where, doing=f"writing the manifest {fsio.display(fs, mpath)}",
+                         then=f"the version is committed only if the manifest landed (FeatureStore.versions"
+                              f"({group!r}) lists it then); check that the store is reachable, then run the "
+                              f"write again"):
+        fsio.put_json(fs, mpath, man)
+    with fsio.io_failure(where, doing="moving the latest pointer",
+                         then=f"{version} is committed but latest may still name an older version; once the "
+                              f"store is reachable, FeatureStore.set_latest({group!r}, {version!r}) fixes it"):
+        _advance_latest(fs, root, group, version)
     try:
         fs.delete_file(wpath)
     except OSError:
         pass  # harmless: the manifest already commits the version
     return man
+
+
+def discard(fs: pafs.FileSystem, root: str, group: str, version: str) -> bool:
+    """Remove an uncommitted version's folder, best effort (``gc`` finishes the job when the store is down).
+
+    Returns True, and removes nothing, when the version's manifest landed after all: a commit that
+    failed only at the latest pointer is committed, and a committed version is never deleted.
+    """
+    try:
+        if fsio.exists(fs, layout.manifest_path(root, group, version)):
+            return True
+        fs.delete_dir(layout.version_dir(root, group, version))
+    except OSError:
+        pass  # the store is unreachable: the partial folder stays invisible (no manifest) until gc
+    return False
 
 
 def _advance_latest(fs: pafs.FileSystem, root: str, group: str, version: str) -> None:
@@ -282,11 +311,7 @@ class VersionWriter:
         """Discard the version: remove its folder (best effort; ``gc`` finishes the job)."""
         if self._state == "committed":
             return
-        self._state = "aborted"
-        try:
-            self._fs.delete_dir(layout.version_dir(self._root, self.group, self.version))
-        except OSError:
-            pass
+        self._state = "committed" if discard(self._fs, self._root, self.group, self.version) else "aborted"
 
     def __enter__(self) -> "VersionWriter":
         return self

@@ -11,7 +11,8 @@ Layout of the output folder::
     signatures.gmt   MSigDB-style gene sets
     slides/          pyramidal tiled TIFF (JPEG), one page per level
     ct/<patient>/    DICOM CT series + DICOM SEG
-    truth.json       the planted effects, per patient and per modality
+    truth.json       the planted effects, per patient and per modality (written last: the cohort is complete)
+    .mmray-synth     written first (a rerun into a folder a killed run left is allowed)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from mmray.synth.profiles import get_profile
 from mmray.synth.slides import write_slides
 
 log = logging.getLogger(__name__)
+STARTED = ".mmray-synth"  # written first: this folder is a (possibly unfinished) synthetic cohort
 
 
 @dataclass(frozen=True)
@@ -61,9 +63,14 @@ def write_cohort(out_dir: str | Path, *, patients: int | None = None, seed: int 
     if n < 1:
         raise MmrayError(f"--patients must be at least 1, got {n}")
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not (out / "cohort.yaml").exists():
+    ours = (out / "cohort.yaml").exists() or (out / STARTED).exists()
+    if out.exists() and any(out.iterdir()) and not ours:
         raise MmrayError(f"{out} exists and is not an mmray cohort folder; choose an empty or new --out folder")
     out.mkdir(parents=True, exist_ok=True)
+    # Claim the folder before the first file, so a run killed midway is recognised and redone, and drop
+    # truth.json, written last, so a half-rewritten cohort never passes for a finished one.
+    (out / STARTED).write_text(json.dumps({"profile": prof.name, "patients": n, "seed": seed}) + "\n")
+    (out / "truth.json").unlink(missing_ok=True)
 
     people = sample_patients(n, profile=prof, seed=seed)
     corruptions = assign_corruptions(people, corrupt, seed=seed)
@@ -103,7 +110,9 @@ def write_cohort(out_dir: str | Path, *, patients: int | None = None, seed: int 
         "ct": studies,
         "corruptions": corruptions,
     }
-    (out / "truth.json").write_text(json.dumps(truth, indent=1, default=str) + "\n")
+    tmp = out / ".truth.json.tmp"  # renamed into place: a reader sees all of truth.json or none
+    tmp.write_text(json.dumps(truth, indent=1, default=str) + "\n")
+    tmp.replace(out / "truth.json")
     return SynthResult(out_dir=out, n_patients=n, n_slides=len(slides), n_ct_studies=len(studies),
                        n_corrupt=len(corruptions), seconds=time.perf_counter() - start)
 

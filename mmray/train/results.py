@@ -193,6 +193,9 @@ def log_to_mlflow(*, tracking_uri: str, artifact_location: str | None, experimen
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location=artifact_location)
+    from mmray.registry.abandoned import close_abandoned  # (lazy: registry imports train)
+
+    close_abandoned(client, [exp_id], match=f"attributes.run_name = '{run}' and tags.`mmray.kind` = 'train'")
     parent = client.create_run(exp_id, run_name=run, tags={**tags, "mmray.kind": "train"})
     pid = parent.info.run_id
     client.log_batch(pid, params=[Param(k, str(v)[:6000]) for k, v in sorted(params.items())])

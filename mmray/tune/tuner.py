@@ -119,6 +119,18 @@ def _concurrency(cfg: TuneJobConfig) -> int:
     return n
 
 
+def _close_abandoned_trials(tracking_uri: str, experiment: str, run: str) -> None:
+    """Trial runs of this tune run that a killed job left RUNNING: KILLED, before the trials start again."""
+    from mlflow import MlflowClient
+
+    from mmray.registry.abandoned import close_abandoned
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None:
+        close_abandoned(client, [exp.experiment_id], match=f"tags.`mmray.tune_run` = '{run}'")
+
+
 def run_tune(cfg: TuneJobConfig) -> TuneReport:
     """Run the search (module doc); returns the report with trials, best config and refit."""
     from ray import tune
@@ -167,6 +179,8 @@ def run_tune(cfg: TuneJobConfig) -> TuneReport:
                                                                 "mmray.task": cfg.task,
                                                                 "mmray.folds": f"folds@{data.folds_version}"})] \
         if cfg.mlflow.enabled else []
+    if cfg.mlflow.enabled:
+        _close_abandoned_trials(tracking, cfg.mlflow.experiment, run)
     fn = tune.with_resources(tune.with_parameters(trainable, data=trial_data), {"cpu": cfg.trial_cpus})
     workdir.mkdir(parents=True, exist_ok=True)
     tuner = tune.Tuner(fn, param_space=to_tune(space),

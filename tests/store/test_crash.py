@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from mmray.errors import StoreError
-from mmray.store import FeatureStore, fsio
+from mmray.store import FeatureStore, fsio, writer
 
 # Writes two parts of a new bag version, says so, then waits to be killed.
 _WRITER = textwrap.dedent("""
@@ -105,3 +105,33 @@ def test_commit_refuses_when_another_writer_took_the_version(store, make_express
     with pytest.raises(StoreError, match="another writer took over"):
         v.commit()
     assert store.versions("expression") == ["v0001"] and store.latest("expression") == "v0001"
+
+
+def test_io_failure_mid_write_is_a_store_error_naming_the_version(tmp_path, make_expression):
+    store = FeatureStore(str(tmp_path / "store"))
+    store.write_table("expression", make_expression())
+    v = store.open_version("expression")
+    fs, root = store.filesystem
+    vdir = posixpath.join(root, "expression", v.version)
+    fs.delete_dir(vdir)
+    (tmp_path / "store" / "expression" / v.version).write_text("a file where the folder was")
+    with pytest.raises(StoreError) as e:
+        v.write_part(make_expression(seed=5), part_name="p1")
+    msg = str(e.value)
+    assert msg.startswith(f"group 'expression' version {v.version}, part 'p1': writing {vdir}/p1.parquet failed")
+    assert "nothing of this version is committed" in msg and "run the write again" in msg
+    assert isinstance(e.value.__cause__, OSError)
+    assert store.versions("expression") == ["v0001"]
+
+
+def test_abort_never_deletes_a_version_whose_manifest_landed(store, make_expression):
+    store.write_table("expression", make_expression())
+    v = store.open_version("expression")
+    v.write_part(make_expression(seed=6))
+    fs, root = store.filesystem
+    # the manifest lands behind the writer's back, as when only its latest-pointer write failed
+    writer.commit(fs, root, group="expression", version=v.version, token=v._token, kind="table", bag_key=None,
+                  parts=v._parts, sources=[], params={})
+    v.abort()
+    assert store.versions("expression") == ["v0001", v.version]
+    assert len(FeatureStore(store.uri).read_table("expression", version=v.version)) == 12

@@ -99,6 +99,18 @@ def test_cli_writes_cohort_and_refuses_foreign_folder(tmp_path, capsys):
     assert "is not an mmray cohort folder" in capsys.readouterr().err
 
 
+def test_a_folder_a_killed_synth_left_is_written_again(tmp_path):
+    out = tmp_path / "c"  # what a run SIGKILLed while writing slides leaves: its marker, half a slide
+    (out / "slides").mkdir(parents=True)
+    (out / ".mmray-synth").write_text('{"profile": "tiny", "patients": 3, "seed": 2}\n')
+    (out / "slides" / "half.tiff").write_bytes(b"II*\x00")
+    result = write_cohort(out, patients=3, seed=2, profile="tiny")
+    assert result.n_patients == 3
+    truth = json.loads((out / "truth.json").read_text())
+    assert truth["generator"]["seed"] == 2 and truth["generator"]["patients"] == 3
+    assert load_cohort(out / "cohort.yaml").manifest()["patient_id"].nunique() == 3
+
+
 def test_console_script_runs(tmp_path):
     exe = Path(sys.executable).parent / "mmray"
     proc = subprocess.run([str(exe), "synth", "--out", str(tmp_path / "c"), "--patients", "3", "--profile", "tiny"],
