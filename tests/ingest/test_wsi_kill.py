@@ -25,7 +25,7 @@ from mmray.features.encoders import resolve
 from mmray.features.tile_pipeline import Source, TileEncoder, plan_columns, read_pixels
 from mmray.ingest.run import IngestConfig, run_ingest
 from mmray.ingest.run import plan as ingest_plan
-from mmray.ingest.wsi import slide_list
+from mmray.ingest.slide_ids import slide_list
 from mmray.store import FeatureStore
 from mmray.synth.cohort import write_cohort
 
@@ -85,7 +85,7 @@ def test_sigkill_of_a_read_worker_and_an_encoder_actor_loses_and_duplicates_no_t
     # the run finished as if nothing happened: every slide done, nothing failed
     store = FeatureStore(tmp_path / "store")
     ctx = types.SimpleNamespace(cohort=load_cohort(cohort / "cohort.yaml"), patient_key=lambda p: p)
-    slides, bad = slide_list(ctx)
+    slides, bad = slide_list(ctx.cohort.manifest(), ctx.patient_key)
     assert not bad and len(slides) >= 5
     assert (report.n_done, report.failures) == (len(slides), [])
     assert store.bag_ids("wsi_tiles") == sorted(s["slide_id"] for s in slides)
