@@ -27,7 +27,7 @@ UV_SOURCES = $(foreach u,$(call pip_setting,extra-index-url),--extra-index-url $
 # the lines of one package in the lock: its pin and its hashes
 lock_entry = awk '/^[^ \#]/ {p = ($$1 ~ /^$(1)==/)} p' $(LOCK)
 
-.PHONY: setup lock demo test test-fast test-drills clean-demo
+.PHONY: setup lock demo test test-e2e test-fast test-drills clean-demo
 
 setup: $(STAMP)
 
@@ -60,7 +60,11 @@ demo: $(STAMP)
 	$(VENV)/bin/mmray demo --out $(DEMO_OUT)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not drill" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not drill and not e2e" $(PYTEST_ARGS)
+
+# Slow end-to-end checks (whole pipelines, demo-size quality, pretraining runs); CI runs them once after `make test`.
+test-e2e: $(STAMP)
+	$(PY) -m pytest -q -m "e2e and not drill" $(PYTEST_ARGS)
 
 # Fault drills: SIGKILL of Ray workers, the S3 server, Serve replicas and the pipeline (CI runs them too).
 test-drills: $(STAMP)

@@ -98,9 +98,21 @@ def _args(root: Path, port: int) -> list[str]:
 # --------------------------------------------------------------------------- comparing two stores
 
 
+# Columns that name a version of another group (lineage, not values).  A killed writer leaves its reserved
+# version folder behind, so a resumed chain may number the same content one higher (v0002 for the reference's
+# v0001); such a column must name a committed version of its group in its own store, and is compared no further.
+VERSION_COLUMNS = {"tiles_version": "wsi_tiles"}
+
+
 def _values(store: FeatureStore, group: str) -> pd.DataFrame:
-    """The latest version's rows, array cells as lists, in a canonical row order."""
+    """The latest version's rows, array cells as lists, in a canonical row order, version columns checked and
+    dropped (see ``VERSION_COLUMNS``)."""
     df = store.read_table(group)
+    for col, of in VERSION_COLUMNS.items():
+        if col in df.columns:
+            committed = set(store.versions(of))
+            assert set(df[col]) <= committed, (group, col, set(df[col]) - committed)
+            df = df.drop(columns=col)
     arrays = [c for c in df.columns if df[c].map(lambda v: isinstance(v, (np.ndarray, list))).any()]
     for c in arrays:
         df[c] = df[c].map(lambda v: np.asarray(v).tolist())
