@@ -8,6 +8,7 @@ usage error.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Callable
@@ -428,6 +429,12 @@ def _run_demo(args: argparse.Namespace) -> int:
 # --- entry point --------------------------------------------------------------
 
 
+# Modules that add their own subcommands: ``setup(sub)`` registers parsers (keep imports inside the run
+# functions so ``mmray --help`` stays fast).  One line per module keeps cli.py small.
+COMMAND_MODULES: tuple[str, ...] = (
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmray", description="Multi-modal cancer ML on Ray.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -446,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     _setup_report(sub)
     _setup_privacy_scan(sub)
     _setup_demo(sub)
+    for module in COMMAND_MODULES:  # commands that live in their own modules (each has ``setup(sub)``)
+        importlib.import_module(module).setup(sub)
     return parser
 
 
