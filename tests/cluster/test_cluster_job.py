@@ -28,7 +28,7 @@ import requests
 
 from mmray.store import FeatureStore
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]  # a whole pipeline as a Ray job: ~3 min
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 JOB_TIMEOUT_S = 900

@@ -133,13 +133,16 @@ def test_ingest_resume_force_and_new_slides(cohort, tmp_path, capsys, caplog):
     assert report.groups == {}
     assert store.versions("wsi_tiles") == ["v0001"] and store.versions("wsi_slide") == ["v0001"]
 
-    # ---- force: everything again, bit-identical embeddings (fixed seed, new actor processes)
+    # ---- force: everything again, the same embeddings (fixed seed, new actor processes).  Equal to float32
+    # rounding, not bit for bit: Ray Data may batch the tiles differently (it did on a loaded machine), and
+    # oneDNN's convolutions round differently for another batch size (2.4e-7 seen).
     report = only(run_ingest(config(cohort_dir, store_uri, force=True), progress=lambda _: None))
     assert (report.n_done, report.n_skipped) == (len(good), 0)
     assert report.groups == {"wsi_tiles": "v0002", "wsi_slide": "v0002", "wsi_patient": "v0002"}
     again = store.read_bag("wsi_tiles", sid).sort_values(["scale", "y", "x"])
     first = tiles.sort_values(["scale", "y", "x"])
-    np.testing.assert_array_equal(np.stack(again["embedding"].to_numpy()), np.stack(first["embedding"].to_numpy()))
+    np.testing.assert_allclose(np.stack(again["embedding"].to_numpy()), np.stack(first["embedding"].to_numpy()),
+                               rtol=1e-5, atol=1e-6)
 
     # ---- a new slide in the manifest: only it is embedded; the others are carried without copying
     src = good[sid]
