@@ -12,7 +12,9 @@ import importlib
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
+from mmray import logs
 from mmray.errors import MmrayError
 
 EXIT_OK = 0
@@ -34,10 +36,16 @@ def init_ray(address: str | None, *, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    logs.quiet_ray_consoles()  # before ray.init: its start-up banners go to the log file
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    import ray.data  # noqa: F401  (installs Ray Data's console handler now, so it can be quietened)
+
+    logs.quiet_ray_consoles()
+    if logs.log_file():
+        logging.getLogger("mmray").info("Ray started; its INFO lines go to %s (-v shows them here)", logs.log_file())
 
 
 # --- synth ------------------------------------------------------------------
@@ -437,7 +445,10 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmray", description="Multi-modal cancer ML on Ray.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and every library's INFO lines on the console too")
+    parser.add_argument("--log-file", default=None, metavar="PATH",
+                        help=f"the full log (default: ${logs.LOG_DIR_ENV} or <tmp>/mmray-logs, one file per run)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _setup_synth(sub)
@@ -461,10 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("highdicom", "pydicom", "radiomics"):  # per-file INFO chatter drowns the progress
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.configure(verbose=args.verbose,
+                   log_file=Path(args.log_file) if args.log_file else logs.default_log_file(args.command))
     try:
         return args.func(args)
     except MmrayError as e:

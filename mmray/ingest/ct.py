@@ -46,6 +46,7 @@ from mmray.features.radiomics import load_params, params_hash, pyradiomics_versi
 from mmray.ingest.ct_study import PatientJob, StudySettings, display_item, run_patient, signature
 from mmray.ingest.nifti import NIFTI_DIR
 from mmray.ingest.report import ModalityReport
+from mmray.progress import RateLog
 
 log = logging.getLogger(__name__)
 GROUP = "radiomics"
@@ -214,6 +215,7 @@ def run_tasks(jobs: list[PatientJob], settings: StudySettings, *, patient_key, s
     index = {ref: i for i, ref in enumerate(refs)}
     results: list[dict | None] = [None] * len(jobs)
     pending, start, n = list(refs), time.perf_counter(), len(jobs)
+    progress = RateLog(log, "ct", n, unit="studies")
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         for ref in done:
@@ -229,10 +231,11 @@ def run_tasks(jobs: list[PatientJob], settings: StudySettings, *, patient_key, s
             results[i] = res
             if on_result is not None:
                 on_result(res)
-            finished = n - len(pending)
-            what = res["status"] if res["status"] != "failed" else f"FAILED: {res['failure']['reason'][:120]}"
-            log.info("ct %d/%d %s %s (%.1f s; %.1f s elapsed)", finished, n, res["patient_id"], what,
-                     res["timings"].get("total_s", 0.0), time.perf_counter() - start)
+            if res["status"] == "failed":
+                log.warning("ct %s FAILED: %s", res["patient_id"], res["failure"]["reason"][:200])
+            log.debug("ct %d/%d %s %s (%.1f s; %.1f s elapsed)", n - len(pending), n, res["patient_id"],
+                      res["status"], res["timings"].get("total_s", 0.0), time.perf_counter() - start)
+            progress.tick(failed=res["status"] == "failed")
     return results
 
 

@@ -27,6 +27,7 @@ import mmray
 from mmray.config import config_hash
 from mmray.errors import ConfigError, MmrayError
 from mmray.features.gmt import GeneSet, read_gmt
+from mmray.progress import RateLog
 from mmray.registry.config import RegistryConfig
 from mmray.registry.lineage import TAG, Lineage, data_key, model_name
 from mmray.registry.pyfunc import SurvivalPyfunc
@@ -231,6 +232,7 @@ def run_signatures(cfg: SignaturesConfig) -> SignaturesReport:
         names.setdefault(name, sig)
         rows.append(row)
     log.info("signatures: %d to train, %d resumed or skipped", len(pending), len(rows) - len(pending))
+    progress = RateLog(log, "signatures", len(pending), unit="models")
     while pending:  # log each result as it lands, so an interrupted job keeps what finished
         ready, _ = ray.wait(list(pending), num_returns=1)
         more, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
@@ -238,7 +240,8 @@ def run_signatures(cfg: SignaturesConfig) -> SignaturesReport:
             row, name, lin = pending.pop(ref)
             row.outcome = registry.record(_candidate(ref, name=name, lineage=lin, cfg=cfg,
                                                      x=data.x[:, data.columns(lin.genes_found)]))
-            log.info("signatures: %s -> %s (%d left)", name, row.outcome.outcome, len(pending))
+            log.debug("signatures: %s -> %s (%d left)", name, row.outcome.outcome, len(pending))
+            progress.tick(failed=row.outcome.outcome == "error")
     return SignaturesReport(rows=rows, problems=problems, seconds=time.perf_counter() - start,
                             registry=registry.tracking_uri)
 

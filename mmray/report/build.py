@@ -149,7 +149,7 @@ def build_sections(store: FeatureStore, *, cohort: str | None = None,
         specs.append(("serving", "Serving: predictions over HTTP", lambda: run_sections.serving_section(extra)))
     sections = []
     for id_, title, build in specs:
-        log.info("report: %s", title)
+        log.debug("report: %s", title)
         sections.append(_section(id_, title, build))
     return sections, {"cohort": cohort_name, "cohort_note": cohort_note,
                       "train_run": None if isinstance(run, InputMissing) else run.name}

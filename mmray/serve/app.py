@@ -30,6 +30,7 @@ import traceback
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from mmray import logs
 from mmray.errors import RegistryError
 from mmray.serve.config import ServeConfig, check_bind, replica_process_env, serve_process_env, token_digest
 
@@ -211,6 +212,7 @@ def start_serve(cfg: ServeConfig) -> str:
     controller_env = serve_process_env(cfg)
     serve.start(http_options={"host": cfg.host, "port": cfg.port}, logging_config=logging_config,
                 controller_options={"runtime_env": {"env_vars": controller_env}} if controller_env else None)
+    logs.quiet_ray_consoles()  # serve.start installs ray.serve's console handler
     serve.run(build_app(cfg, tracking_uri=tracking_uri), name=cfg.app_name, route_prefix=cfg.route_prefix,
               blocking=False, logging_config=logging_config)
     url = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"

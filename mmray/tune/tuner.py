@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mmray import logs
 from mmray import uri as uri_mod
 from mmray.config import to_dict
 from mmray.errors import DataError
@@ -188,7 +189,7 @@ def run_tune(cfg: TuneJobConfig) -> TuneReport:
                                                    scheduler=scheduler, num_samples=cfg.search.num_samples,
                                                    max_concurrent_trials=None if search_alg else max_concurrent),
                        run_config=tune.RunConfig(name=run, storage_path=str(workdir.resolve()), callbacks=callbacks,
-                                                 verbose=1))
+                                                 verbose=logs.tune_verbosity()))
     log.info("tune %s: %s on %s, %d trial(s), %d folds, space %s", run, cfg.model, list(cfg.modalities),
              cfg.search.num_samples, cfg.folds.n_folds, sorted(space))
     results = tuner.fit()

@@ -1,0 +1,107 @@
+"""Console logging a person can read, and the full log in a file.
+
+The console shows mmray's own lines (progress with rates and ETAs, stage summaries) and every library's
+warnings and errors.  Libraries' INFO chatter (Ray Data's per-dataset execution plans and progress tables,
+Ray's start-up banners, Serve's controller lines, Tune's trial tables) goes to the log file only; ``-v``
+brings all of it back to the console (and DEBUG lines with it).
+
+Ray installs its own console handlers on its loggers (``ray``, ``ray.data``, ``ray.serve``, ...; they do
+not propagate to the root logger) and does so lazily, when a sub-library is imported or started, so
+:func:`quiet_ray_consoles` runs again after each of those points (``init_ray``, the tile pipeline,
+``serve.start``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_DIR_ENV = "MMRAY_LOG_DIR"
+# libraries whose INFO lines are per-file chatter even in the log file
+NOISY = ("highdicom", "pydicom", "radiomics", "numexpr")
+
+_state: dict = {"verbose": False, "file": None, "handlers": []}
+
+
+class ConsoleFilter(logging.Filter):
+    """mmray's lines at INFO and up; other loggers' at WARNING and up (everything when verbose)."""
+
+    def __init__(self, verbose: bool):
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.verbose or record.levelno >= logging.WARNING:
+            return True
+        return record.name == "mmray" or record.name.startswith(("mmray.", "__main__"))
+
+
+def default_log_file(command: str) -> Path:
+    """``$MMRAY_LOG_DIR/<command>-<UTC time>-<pid>.log`` (default folder: ``<tmp>/mmray-logs``)."""
+    folder = Path(os.environ.get(LOG_DIR_ENV) or Path(tempfile.gettempdir()) / "mmray-logs")
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return folder / f"{command}-{stamp}-{os.getpid()}.log"
+
+
+def configure(*, verbose: bool, log_file: Path | None) -> None:
+    """Root logging for a CLI run: a filtered console handler (stderr) and, when given, the full log file."""
+    root = logging.getLogger()
+    for h in _state.get("handlers", []):  # configured before in this process (tests call main() often)
+        root.removeHandler(h)
+        h.close()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
+    console.addFilter(ConsoleFilter(verbose))
+    root.addHandler(console)
+    file_handler = None
+    if log_file is not None:
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as e:  # an unwritable log folder must not stop the command
+            root.warning("cannot write the log file %s (%s); set %s to a writable folder", log_file, e,
+                         LOG_DIR_ENV)
+        else:
+            file_handler.setFormatter(logging.Formatter(FORMAT))
+            root.addHandler(file_handler)
+    for noisy in NOISY:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _state.update(verbose=verbose, file=file_handler, handlers=[console] + ([file_handler] if file_handler else []))
+    quiet_ray_consoles()
+
+
+def quiet_ray_consoles() -> None:
+    """Raise Ray's own console handlers to WARNING (unless verbose) and give its loggers the log file."""
+    if _state["file"] is None and _state["verbose"]:
+        return
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+               if name == "ray" or name.startswith("ray.")]
+    for lg in loggers:
+        if not lg.handlers:
+            continue
+        for h in lg.handlers:
+            if _is_console(h) and not _state["verbose"]:
+                h.setLevel(logging.WARNING)
+        if _state["file"] is not None and not lg.propagate and _state["file"] not in lg.handlers:
+            lg.addHandler(_state["file"])
+
+
+def _is_console(handler: logging.Handler) -> bool:
+    return (isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+            and getattr(handler, "stream", None) in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__))
+
+
+def log_file() -> str | None:
+    """The full log's path in this process (``None``: not configured)."""
+    return _state["file"].baseFilename if _state["file"] is not None else None
+
+
+def tune_verbosity() -> int:
+    """Ray Tune's ``verbose``: its trial tables only with ``-v``."""
+    return 1 if _state["verbose"] else 0
