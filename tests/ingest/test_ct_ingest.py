@@ -106,7 +106,7 @@ def test_cli_ingest_records_failures_while_the_rest_finish_and_writes_no_phi(coh
     assert "match no CT slice" in failures.loc[key(broken["seg_geometry_mismatch"]["patient_id"]), "reason"]
     assert len(failures) == 2
     n = len(studies)
-    assert f"ct {n}/{n} " in caplog.text and "2 input(s) failed" in out  # progress per study; summary
+    assert f"ct: {n}/{n} studies done, 2 failed" in caplog.text and "2 input(s) failed" in out  # progress; summary
     # No header PHI anywhere: store files (data, manifests, NIfTI, failures), output, Ray's logs.
     session = Path(ray._private.worker._global_node.get_session_dir_path())
     places = list(_texts_under(store_dir)) + [("stdout", out), ("stderr", err), ("log", caplog.text)]
