@@ -24,8 +24,10 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_DIR_ENV = "MMRAY_LOG_DIR"
 # libraries whose INFO lines are per-file chatter even in the log file
 NOISY = ("highdicom", "pydicom", "radiomics", "numexpr")
+# libraries that install their own non-propagating console handlers (Ray's loggers; MLflow's "mlflow")
+OWN_CONSOLE = ("ray", "mlflow")
 
-_state: dict = {"verbose": False, "file": None, "handlers": []}
+_state: dict = {"verbose": False, "file": None, "handlers": [], "raised": []}
 
 
 class ConsoleFilter(logging.Filter):
@@ -77,24 +79,28 @@ def configure(*, verbose: bool, log_file: Path | None) -> None:
 
 
 def quiet_ray_consoles() -> None:
-    """Raise Ray's own console handlers to WARNING (unless verbose) and give its loggers the log file."""
-    if _state["file"] is None and _state["verbose"]:
-        return
+    """Raise Ray's (and MLflow's) own console handlers to WARNING (unless verbose) and give those loggers
+    the log file."""
+    if _state["verbose"]:  # -v after a quiet run in this process: give the raised handlers back
+        for h in _state["raised"]:
+            h.setLevel(logging.NOTSET)
+        _state["raised"] = []
     loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
-               if name == "ray" or name.startswith("ray.")]
+               if name in OWN_CONSOLE or name.startswith(tuple(p + "." for p in OWN_CONSOLE))]
     for lg in loggers:
         if not lg.handlers:
             continue
         for h in lg.handlers:
-            if _is_console(h) and not _state["verbose"]:
+            if _is_console(h) and not _state["verbose"] and h.level < logging.WARNING:
                 h.setLevel(logging.WARNING)
+                _state["raised"].append(h)
         if _state["file"] is not None and not lg.propagate and _state["file"] not in lg.handlers:
             lg.addHandler(_state["file"])
 
 
 def _is_console(handler: logging.Handler) -> bool:
-    return (isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
-            and getattr(handler, "stream", None) in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__))
+    # any stream but a file: MLflow writes through its own stream wrapper (MlflowLoggingStream), not stderr
+    return isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
 
 
 def log_file() -> str | None:

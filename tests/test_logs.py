@@ -14,10 +14,12 @@ def _reset():
     for h in logs._state["handlers"]:
         root.removeHandler(h)
         h.close()
-    logs._state.update(verbose=False, file=None, handlers=[])
+    logs._state.update(verbose=False, file=None, handlers=[], raised=[])
 
 
 def test_library_info_goes_to_the_file_only_and_verbose_brings_it_back(tmp_path, capsys):
+    import mlflow  # noqa: F401  (MLflow installs its own console handler on "mlflow" at import)
+
     # a Ray-style logger: its own console handler, no propagation (as ray.data and ray.serve set up theirs)
     ray_like = logging.getLogger("ray.mmray_test")
     ray_console = logging.StreamHandler(__import__("sys").stderr)
@@ -38,7 +40,6 @@ def test_library_info_goes_to_the_file_only_and_verbose_brings_it_back(tmp_path,
         assert all(s in full for s in ("wsi: 3/4", "creating tables", "plan table", "object store full"))
         assert logs.log_file() == str(tmp_path / "run.log")
 
-        ray_console.setLevel(logging.NOTSET)
         logs.configure(verbose=True, log_file=None)  # -v: everything on the console again
         logging.getLogger("mlflow.store").info("creating tables again")
         ray_like.info("plan table again")
