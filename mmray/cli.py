@@ -432,6 +432,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 # Modules that add their own subcommands: ``setup(sub)`` registers parsers (keep imports inside the run
 # functions so ``mmray --help`` stays fast).  One line per module keeps cli.py small.
 COMMAND_MODULES: tuple[str, ...] = (
+    "mmray.cli_env",
 )
 
 
@@ -455,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     _setup_demo(sub)
     for module in COMMAND_MODULES:  # commands that live in their own modules (each has ``setup(sub)``)
         importlib.import_module(module).setup(sub)
+    importlib.import_module("mmray.cli_env").add_env_options(parser)  # --env on every command
     return parser
 
 
@@ -466,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("highdicom", "pydicom", "radiomics"):  # per-file INFO chatter drowns the progress
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        importlib.import_module("mmray.cli_env").apply(args)  # --env: store, MLflow, write guards
         return args.func(args)
     except MmrayError as e:
         print(f"mmray {args.command}: error: {e}", file=sys.stderr)
