@@ -440,6 +440,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 # Modules that add their own subcommands: ``setup(sub)`` registers parsers (keep imports inside the run
 # functions so ``mmray --help`` stays fast).  One line per module keeps cli.py small.
 COMMAND_MODULES: tuple[str, ...] = (
+    "mmray.cli_env",
 )
 
 
@@ -466,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     _setup_demo(sub)
     for module in COMMAND_MODULES:  # commands that live in their own modules (each has ``setup(sub)``)
         importlib.import_module(module).setup(sub)
+    importlib.import_module("mmray.cli_env").add_env_options(parser)  # --env on every command
     return parser
 
 
@@ -475,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(verbose=args.verbose,
                    log_file=Path(args.log_file) if args.log_file else logs.default_log_file(args.command))
     try:
+        importlib.import_module("mmray.cli_env").apply(args)  # --env: store, MLflow, write guards
         return args.func(args)
     except MmrayError as e:
         print(f"mmray {args.command}: error: {e}", file=sys.stderr)

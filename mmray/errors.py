@@ -86,3 +86,11 @@ class DataError(MmrayError, ValueError):
     labels unseen in training) with what was expected, what came, and how to
     fix it.  Also a ``ValueError`` so generic callers can catch it.
     """
+
+
+class EnvironmentWriteError(MmrayError):
+    """A run in one environment tried to write another environment's store or registry."""
+
+
+class PromotionRefused(MmrayError):
+    """A model failed the target environment's gate (or could not be evaluated there)."""

@@ -170,6 +170,10 @@ class Registry:
         """Log ``cand`` as a run; register it when it was fitted and passes the gate."""
         from mlflow.entities import Metric, Param
 
+        from mmray.environments import check_registry_write
+
+        check_registry_write(self.tracking_uri)  # a dev run never logs into prod's registry
+
         tags = {**cand.lineage.run_tags(), TAG + "registered_model": cand.name}
         run = self.client.create_run(self.experiment_id, run_name=cand.name,
                                      tags={k: v for k, v in tags.items()})

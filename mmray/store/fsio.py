@@ -47,7 +47,11 @@ def put_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
 
     Locally the bytes go to a hidden temporary file that is renamed into place
     (atomic on POSIX); on S3 an object only appears once its upload completed.
+    Refused when ``path`` is in another environment's store (:mod:`mmray.environments`).
     """
+    from mmray import environments
+
+    environments.check_store_write(environments.store_location(fs, path))
     if isinstance(fs, pafs.LocalFileSystem):
         fs.create_dir(posixpath.dirname(path), recursive=True)
         tmp = posixpath.join(posixpath.dirname(path), f".tmp-{uuid.uuid4().hex}")

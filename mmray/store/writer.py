@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from mmray import environments
 from mmray.errors import StoreError
 from mmray.store import fsio, layout, manifest as manifest_mod, parts as parts_mod
 
@@ -40,6 +41,7 @@ def _now() -> str:
 def allocate(fs: pafs.FileSystem, root: str, group: str) -> tuple[str, str]:
     """Reserve the next version id of ``group``; returns ``(version, writer token)``."""
     gdir = layout.group_dir(root, group)
+    environments.check_store_write(environments.store_location(fs, gdir))  # dev never writes prod
     with fsio.io_failure(f"group {group!r}", doing=f"reserving a new version under {fsio.display(fs, gdir)}",
                          then="nothing was written; check that the store is reachable and writable, then "
                               "run the write again"):
