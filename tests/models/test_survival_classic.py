@@ -88,6 +88,8 @@ def test_registry_lists_the_families_and_ensemble_with_search_ranges():
         assert any(h["kind"] != "fixed" for h in d[name]["hparams"].values())  # something to tune
     from mmray.train.ensemble import StackedEnsemble
 
-    params = set(inspect.signature(StackedEnsemble.__init__).parameters)
-    spec = MODELS["ensemble"]
-    assert set(spec.hparams) | set(spec.extra) <= params
+    real = inspect.signature(StackedEnsemble.__init__).parameters
+    declared = inspect.signature(MODELS["ensemble"].builder.__init__).parameters
+    assert all(real[k].default == p.default for k, p in declared.items() if k != "self")
+    ens = build_model("ensemble", task="survival_cox", modality_dims={}, n_out=1, members=["rsf"], method="rank")
+    assert isinstance(ens, StackedEnsemble) and ens.method == "rank" and ens.members == ["rsf"]
