@@ -4,8 +4,10 @@
 ...                     modality_dims={"clinical": 8, "expression": 200}, n_out=1)
 
 Torch models take a :class:`~mmray.models.batch.Batch`; ``heec`` is a
-LightGBM model with ``fit``/``predict`` on DataFrames (``framework`` in
-:func:`describe` says which).  Defaults are chosen for small cohorts
+LightGBM model with ``fit``/``predict`` on DataFrames; the ``sksurv``
+families (``coxnet``, ``coxph_ridge``, ``rsf``, ``gbsa``) and ``ensemble``
+(stacking of them, :mod:`mmray.train.ensemble`) fit on the fold-fitted
+feature matrix (``framework`` in :func:`describe` says which).  Defaults are chosen for small cohorts
 (hundreds of patients): small hidden sizes, dropout 0.2-0.3, and the
 suggested AdamW weight decay in each spec's ``train`` defaults.
 """
@@ -23,6 +25,7 @@ from mmray.models.heec import HEEC
 from mmray.models.hetero_gnn import HeteroGNN
 from mmray.models.losses import TASKS
 from mmray.models.porpoise import Porpoise
+from mmray.models.survival_classic import GBSA, RSF, Coxnet, CoxPHRidge
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,52 @@ TRAIN_DEFAULTS: dict[str, HParam] = {
     "patience": HParam(10, "int", 5, 20),
 }
 _TORCH_TASKS = TASKS
+_SURV = ("survival_cox",)
+
+
+class _EnsembleBuilder:
+    """``build_model("ensemble", ...)`` -> :class:`mmray.train.ensemble.StackedEnsemble` (same keywords).
+
+    Imported when built: the ensemble fits training-code pipelines, which models/ must not import.
+    """
+
+    def __new__(cls, **kwargs):
+        from mmray.train.ensemble import StackedEnsemble
+
+        return StackedEnsemble(**kwargs)
+
+    def __init__(self, *, modalities=(), members=None, method="stack", meta_alpha=1.0, inner_folds=3,
+                 member_hparams=None, seed=0):  # the signature the registry checks; never runs
+        raise AssertionError("unreachable")
+
+
+# Classical survival families (scikit-survival), fitted on the fold-fitted matrix by mmray.train.fold_classic.
+_CLASSIC_SPECS = (
+    ModelSpec("coxnet", Coxnet, "sksurv", _SURV, False,
+              "elastic-net Cox (scikit-survival Coxnet), alpha by inner CV on the training fold",
+              {"l1_ratio": HParam(0.5, "float", 0.05, 1.0), "n_alphas": HParam(30),
+               "alpha_min_ratio": HParam(0.02, "float", 0.001, 0.2, log=True), "inner_folds": HParam(3)},
+              extra=("seed",)),
+    ModelSpec("coxph_ridge", CoxPHRidge, "sksurv", _SURV, False,
+              "Cox proportional hazards with a ridge penalty",
+              {"alpha": HParam(10.0, "float", 0.01, 1000.0, log=True)}, extra=("ties", "n_iter")),
+    ModelSpec("rsf", RSF, "sksurv", _SURV, False, "random survival forest (scikit-survival)",
+              {"n_estimators": HParam(200, "int", 50, 500), "min_samples_leaf": HParam(8, "int", 3, 30),
+               "max_features": HParam(0.5, "float", 0.1, 1.0), "max_depth": HParam(None)},
+              extra=("seed", "n_jobs")),
+    ModelSpec("gbsa", GBSA, "sksurv", _SURV, False,
+              "gradient-boosted Cox model on regression trees (scikit-survival)",
+              {"n_estimators": HParam(150, "int", 50, 500), "learning_rate": HParam(0.05, "float", 0.01, 0.3, log=True),
+               "max_depth": HParam(2, "int", 1, 4), "subsample": HParam(0.8, "float", 0.5, 1.0),
+               "min_samples_leaf": HParam(8, "int", 3, 30), "dropout_rate": HParam(0.0, "float", 0.0, 0.3)},
+              extra=("seed",)),
+    ModelSpec("ensemble", _EnsembleBuilder, "sksurv", _SURV, False,
+              "nested stacking (Cox meta-learner on inner out-of-fold risks) or rank average of classical members",
+              {"method": HParam("stack", "choice", choices=("stack", "rank")),
+               "meta_alpha": HParam(1.0, "float", 0.01, 100.0, log=True), "inner_folds": HParam(3),
+               "members": HParam(None)},
+              extra=("seed", "member_hparams")),
+)
 
 MODELS: dict[str, ModelSpec] = {s.name: s for s in (
     ModelSpec("single", SingleModality, "torch", _TORCH_TASKS, False,
@@ -104,6 +153,7 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in (
                "bagging_fraction": HParam(0.8, "float", 0.5, 1.0),
                "lambda_l2": HParam(1.0, "float", 1e-3, 10.0, log=True)},
               extra=("seed", "num_threads", "early_stopping_rounds", "genomic_prefixes")),
+    *_CLASSIC_SPECS,
 )}
 
 
@@ -137,6 +187,8 @@ def build_model(name: str, *, task: str, modality_dims: Mapping[str, int], n_out
         raise DataError(f"model {name!r} has no hyperparameter(s) {unknown}; valid: {sorted(valid)}")
     if spec.framework == "lightgbm":
         return spec.builder(task=task, n_classes=n_out if task == "subtype" else None, **hparams)
+    if spec.framework == "sksurv":  # matrix models: modality_dims / n_out do not apply
+        return spec.builder(**hparams)
     kwargs = dict(hparams)
     for k, hp in spec.hparams.items():
         kwargs.setdefault(k, hp.default)

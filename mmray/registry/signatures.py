@@ -52,6 +52,7 @@ class SignaturesConfig:
     all_genes: bool = True  # also train on every gene of the matrix
     n_folds: int = 5
     seed: int = 0
+    repeats: int = 1  # repeated CV: the same saved folds as `mmray train` with folds.repeats (same seed)
     min_genes: int = 3
     n_boot: int = 200  # bootstrap resamples of the out-of-fold C-index (0: off)
     model_prefix: str = "sig__"
@@ -64,6 +65,8 @@ class SignaturesConfig:
     def validate(self):
         if self.n_folds < 2:
             yield ("n_folds", f"must be >= 2, got {self.n_folds}")
+        if self.repeats < 1:
+            yield ("repeats", f"must be >= 1, got {self.repeats}")
         if self.min_genes < 1:
             yield ("min_genes", f"must be >= 1, got {self.min_genes}")
         if self.n_boot < 0:
@@ -77,7 +80,8 @@ def training_hash(cfg: SignaturesConfig) -> str:
     return config_hash({"n_folds": cfg.n_folds, "seed": cfg.seed, "min_genes": cfg.min_genes,
                         "n_boot": cfg.n_boot, "model": cfg.model, "gate": cfg.registry.gate,
                         "model_prefix": cfg.model_prefix, "labels_group": cfg.labels_group,
-                        "expression_group": cfg.expression_group})
+                        "expression_group": cfg.expression_group,
+                        **({"repeats": cfg.repeats} if cfg.repeats > 1 else {})})
 
 
 @dataclass
@@ -189,7 +193,7 @@ def run_signatures(cfg: SignaturesConfig) -> SignaturesReport:
     if problems:
         store.record_failures(STAGE, problems)
     data = load_signature_data(store, labels_group=cfg.labels_group, expression_group=cfg.expression_group,
-                               n_folds=cfg.n_folds, seed=cfg.seed)
+                               n_folds=cfg.n_folds, seed=cfg.seed, repeats=cfg.repeats)
     chosen = _select(sets, data, cfg)
     registry = Registry(cfg.registry, store=cfg.store)
     chash = training_hash(cfg)
@@ -225,7 +229,8 @@ def run_signatures(cfg: SignaturesConfig) -> SignaturesReport:
                 f"only {len(found)} of {len(genes)} genes in the expression matrix (min_genes {cfg.min_genes})")))
         else:
             if refs is None:
-                refs = [ray.put(a) for a in (data.x, data.time_days, data.event, data.fold)]
+                refs = [ray.put(a) for a in (data.x, data.time_days, data.event,
+                                              data.fold if cfg.repeats == 1 else data.repeat_fold)]
             task = _remote_fit().options(num_cpus=cfg.task_num_cpus, max_retries=1, name=f"sig:{name}")
             ref = task.remote(refs[0], data.columns(found), *refs[1:], cfg.model, cfg.n_boot, cfg.seed)
             pending[ref] = (row, name, lin)

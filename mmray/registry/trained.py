@@ -40,17 +40,20 @@ from mmray.registry.lineage import TAG, data_key, model_name
 from mmray.registry.registry import Candidate, Outcome, Registry
 from mmray.registry.tune_run import TuneRun, load_tune_run, resolve_tune_output
 from mmray.registry.tuned_model import (
+    ClassicPredictor,
     Columns,
     HeecPredictor,
     TorchPredictor,
     TunedEstimator,
     TunedPyfunc,
+    classic_columns,
     heec_model_columns,
     mlflow_type,
     torch_columns,
 )
 from mmray.store import FeatureStore
 from mmray.store.manifest import git_revision
+from mmray.train.classic_runner import CLASSIC_MODELS
 
 log = logging.getLogger(__name__)
 TUNED_EXPERIMENT = "mmray-models"
@@ -161,6 +164,9 @@ def _refusal(run: TuneRun) -> str | None:
 
 def _predictor(run: TuneRun, table) -> tuple[object, Columns, dict | None]:
     """``(predictor, columns, time bins or None)`` of the best model."""
+    if run.model in CLASSIC_MODELS:
+        fitted = run.classic()
+        return ClassicPredictor(fitted), classic_columns(fitted, table_columns=list(table.columns)), None
     if run.model == "heec":
         heec = run.heec()
         return HeecPredictor(heec), heec_model_columns(heec), None

@@ -5,6 +5,7 @@ A tune output (``<store>/_results/<run>`` by default, local or ``s3://``)::
     best.json               run, model, task, modalities, hparams, folds, the tune config
     best_model/             the best config fitted on every patient (mmray.tune.tuner.fit_best):
                             spec.json + state.pt + preprocess.pkl (torch) | heec.pkl + columns.json (HEEC)
+                            | classic.pkl (coxnet, coxph_ridge, rsf, gbsa, ensemble)
     refit_cv/summary.parquet, refit_cv/results.json
                             the best config cross-validated again on the same folds (the gate's metrics;
                             feature-group versions and the config hash of that run)
@@ -141,6 +142,14 @@ class TuneRun:
         if "heec.pkl" not in self.files:
             raise DataError(f"tune run {self.output}: best_model/ lacks heec.pkl; {REFIT_HINT}")
         return pickle.loads(self.files["heec.pkl"])
+
+    def classic(self):
+        """The fitted classical pipeline or ensemble (``best_model/classic.pkl``)."""
+        import pickle
+
+        if "classic.pkl" not in self.files:
+            raise DataError(f"tune run {self.output}: best_model/ lacks classic.pkl; {REFIT_HINT}")
+        return pickle.loads(self.files["classic.pkl"])
 
     def training_table(self, store: FeatureStore) -> pd.DataFrame:
         """The rows the best model was fitted on (module doc), joined at the pinned versions."""

@@ -1,8 +1,10 @@
 """A tuned model as an estimator over raw training-table columns, for :class:`SurvivalPyfunc`.
 
 A Ray Tune run's refitted best model (:func:`mmray.tune.tuner.fit_best`) is
-either a torch model with its fold-fitted :class:`~mmray.train.preprocess.Preprocessor`
-or a HEEC (LightGBM) model that reads the joined table directly. Both read
+a torch model with its fold-fitted :class:`~mmray.train.preprocess.Preprocessor`,
+a HEEC (LightGBM) model that reads the joined table directly, or a classical
+survival pipeline / ``ensemble`` (preprocessors + scikit-survival models; its
+risk is used as a Cox-type score, with a Breslow baseline for the curves). Both read
 the columns of the point-in-time training table (``clinical__age``,
 ``expression__MKI67``, ``has_expression``, ...). :class:`TunedEstimator`
 takes ``x`` ``[n, F]`` in the order of its ``features`` (those names), puts
@@ -80,6 +82,25 @@ def heec_model_columns(heec) -> Columns:
     """Columns of a fitted HEEC: it reads ``input_columns_`` and uses the kept ``features_``."""
     text = [c for c in heec.features_ if c in heec.categories_]
     return Columns(list(heec.features_), list(heec.input_columns_), text)
+
+
+def classic_columns(model, *, table_columns: Sequence[str]) -> Columns:
+    """Columns of a fitted classical pipeline or ensemble: the union over its members' preprocessors."""
+    parts = [torch_columns(pre, model_modalities=pre.modalities_, table_columns=table_columns)
+             for pre in model.preprocessors]
+    return Columns(list(dict.fromkeys(c for p in parts for c in p.features)),
+                   list(dict.fromkeys(c for p in parts for c in p.inputs)),
+                   list(dict.fromkeys(c for p in parts for c in p.text)))
+
+
+class ClassicPredictor:
+    """A classical survival pipeline or ensemble (:mod:`mmray.train.fold_classic`): raw rows -> risk."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def outputs(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.model.predict(frame)
 
 
 class TorchPredictor:

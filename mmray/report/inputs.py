@@ -47,6 +47,7 @@ class TrainRun:
     attention: pd.DataFrame | None
     ablation: pd.DataFrame | None
     ablation_png: bytes | None
+    paired: pd.DataFrame | None = None  # paired.csv: every model vs the best single baseline, per fold
 
 
 def _read_bytes(fs, path: str) -> bytes | None:
@@ -105,7 +106,13 @@ def load_train_run(store: FeatureStore, name: str | None = None) -> TrainRun:
                     predictions=predictions if predictions is not None else pd.DataFrame(),
                     importances=_parquet(fs, posixpath.join(folder, "importances.parquet")),
                     attention=_parquet(fs, posixpath.join(folder, "attention.parquet")),
-                    ablation=ablation, ablation_png=_read_bytes(fs, posixpath.join(folder, "ablation.png")))
+                    ablation=ablation, ablation_png=_read_bytes(fs, posixpath.join(folder, "ablation.png")),
+                    paired=_csv(fs, posixpath.join(folder, "paired.csv")))
+
+
+def _csv(fs, path: str) -> pd.DataFrame | None:
+    blob = _read_bytes(fs, path)
+    return pd.read_csv(io.BytesIO(blob)) if blob and blob.strip() else None
 
 
 def slide_uris(store: FeatureStore, manifest: pd.DataFrame | None = None) -> dict[str, str]:

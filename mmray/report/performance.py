@@ -38,12 +38,17 @@ def best_row(summary: pd.DataFrame, *, survival_only: bool = False, where=None) 
     return s.iloc[int(np.argmax(scores))]
 
 
+def _repeats_text(summary: pd.DataFrame) -> str:
+    n = int(summary["n_repeats"].max()) if "n_repeats" in summary and len(summary) else 1
+    return f" of all {n} CV repeats (folds column: folds x repeats)" if n > 1 else ""
+
+
 def results_section(run: TrainRun) -> list[str]:
     summary = run.summary
     body = [para(f"Train run <b>{html.escape(run.name)}</b> ({html.escape(str(run.meta.get('created_utc', '')))}), "
                  f"folds {html.escape(str(run.meta.get('folds', '')))}: every model on every modality set, "
-                 f"cross-validated on the same saved folds. Cells: mean ± standard deviation over folds; "
-                 f"CI: 95% bootstrap interval of the fold mean.")]
+                 f"cross-validated on the same saved folds. Cells: mean ± standard deviation over folds"
+                 f"{_repeats_text(summary)}; CI: 95% bootstrap interval of the fold mean.")]
     for task, g in summary.groupby("task", sort=False):
         head, best = g["headline"].iloc[0], best_row(g)  # best per task: C-index and AUC do not compare
         pivot = g.pivot_table(index="model", columns="modality_set", values=f"{head}_mean", aggfunc="first",
@@ -170,6 +175,8 @@ def of_row(frame: pd.DataFrame, row) -> pd.DataFrame:
 
 def _preds_of(preds: pd.DataFrame, row) -> pd.DataFrame:
     sel = of_row(preds, row)
+    if "repeat" in sel and len(sel):  # repeated CV: one out-of-fold risk per patient, from the first repeat
+        sel = sel[sel["repeat"] == sel["repeat"].min()]
     return sel[np.isfinite(sel["risk"].to_numpy(float)) & np.isfinite(sel["time_days"].to_numpy(float))]
 
 

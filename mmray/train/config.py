@@ -5,7 +5,8 @@ Everything ``key=value``-overridable: ``train.workers=2``, ``folds.n_folds=3``,
 model name from :mod:`mmray.models.registry`, the modality sets it runs on
 (names from ``modality_sets``; empty = every set it can take: ``single`` the
 one-modality sets, fusion models the multi-modality sets, ``heec`` all sets,
-``porpoise`` the sets with ``tiles``) and hyperparameter overrides.
+``porpoise`` the sets with ``tiles``, the classical survival families and
+``ensemble`` all sets without tiles) and hyperparameter overrides.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from mmray.models.batch import ALL_MODALITIES, BAG
+
+CLASSIC_SET = ("coxnet", "coxph_ridge", "rsf", "gbsa", "ensemble")  # classical families: every set without tiles
 
 DEFAULT_SETS: dict[str, tuple[str, ...]] = {
     "clinical": ("clinical",), "expression": ("expression",), "mutations_cnv": ("mutations_cnv",),
@@ -30,6 +33,7 @@ TaskName = Literal["survival_cox", "survival_discrete", "subtype"]
 class FoldsConfig:
     n_folds: int = 5
     seed: int = 0
+    repeats: int = 1  # repeated CV (e.g. 5 x 5-fold); repeat r uses seed mmray.train.folds.repeat_seed(seed, r)
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,8 @@ class TrainJobConfig:
                     yield (f"models[{i}].sets", f"unknown modality set {s!r}; defined: {', '.join(self.modality_sets)}")
         if self.folds.n_folds < 2:
             yield ("folds.n_folds", f"must be >= 2, got {self.folds.n_folds}")
+        if self.folds.repeats < 1:
+            yield ("folds.repeats", f"must be >= 1, got {self.folds.repeats}")
 
 
 def sets_for(entry: ModelEntry, modality_sets: dict[str, tuple[str, ...]]) -> list[str]:
@@ -158,7 +164,7 @@ def sets_for(entry: ModelEntry, modality_sets: dict[str, tuple[str, ...]]) -> li
             return False
         if entry.name == "single":
             return len(mods) == 1
-        if entry.name == "heec":
+        if entry.name == "heec" or entry.name in CLASSIC_SET:
             return True
         return len(mods) >= 2
     if entry.sets:

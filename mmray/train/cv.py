@@ -33,7 +33,9 @@ from mmray.train import results as R
 from mmray.train.ablation import ablation_png, ablation_table
 from mmray.train.config import TrainJobConfig, sets_for
 from mmray.train.fold_fit import FoldSettings, fit_fold_heec, fit_fold_torch, fold_rows
-from mmray.train.folds import FOLDS_GROUP, load_or_make_folds
+from mmray.train.classic_runner import CLASSIC_MODELS, ClassicJob, run_classic_jobs
+from mmray.train.folds import FOLDS_GROUP, load_or_make_repeated_folds
+from mmray.train.paired import paired_table
 from mmray.train.preprocess import ModalityLayout
 
 log = logging.getLogger("mmray.train")
@@ -100,6 +102,8 @@ class JobData:
     folds_version: str
     versions: dict[str, str]
     available: set[str]  # modalities with data in the store
+    repeat_folds: list[pd.DataFrame] = field(default_factory=list)  # folds of each CV repeat (0 = ``folds``)
+    repeat_versions: list[str] = field(default_factory=list)
 
 
 def load_job_data(cfg: TrainJobConfig, store: FeatureStore, layout: ModalityLayout) -> JobData:
@@ -110,8 +114,9 @@ def load_job_data(cfg: TrainJobConfig, store: FeatureStore, layout: ModalityLayo
     fold_labels = labels  # subtype tasks: every labelled patient; survival only: as the signature fan-out does
     if all(t != "subtype" for t in cfg.tasks) and {"time_days", "event"} <= set(labels.columns):
         fold_labels = labels[labels["time_days"].notna() & (labels["time_days"] > 0) & labels["event"].notna()]
-    folds, folds_version = load_or_make_folds(store, fold_labels, cfg.folds.n_folds, cfg.folds.seed,
-                                              labels_group=cfg.labels_group)
+    repeated = load_or_make_repeated_folds(store, fold_labels, cfg.folds.n_folds, cfg.folds.seed,
+                                           cfg.folds.repeats, labels_group=cfg.labels_group)
+    folds, folds_version = repeated[0]
     have = set(store.groups())
     wanted = {m for mods in cfg.modality_sets.values() for m in mods}
     groups = {g for m in wanted if m != BAG for g in layout.groups.get(m, ()) if g in have}
@@ -122,7 +127,8 @@ def load_job_data(cfg: TrainJobConfig, store: FeatureStore, layout: ModalityLayo
     table = training_table(store, labels, groups=sorted(groups))
     versions = {cfg.labels_group: store.latest(cfg.labels_group), **table.attrs.get("feature_versions", {})}
     table = table[table["patient_id"].astype(str).isin(set(folds["patient_id"].astype(str)))].reset_index(drop=True)
-    return JobData(table, folds, folds_version, versions, available)
+    return JobData(table, folds, folds_version, versions, available, [f for f, _ in repeated],
+                   [v for _, v in repeated])
 
 
 def run_train(cfg: TrainJobConfig) -> TrainReport:
@@ -145,50 +151,73 @@ def run_train(cfg: TrainJobConfig) -> TrainReport:
                 if missing:
                     notes.append(f"{task} {entry.name} on {set_name}: skipped, no data for {missing} in the store")
                     continue
+                if entry.name in CLASSIC_MODELS and task != "survival_cox":
+                    notes.append(f"{entry.name} is a survival_cox model; skipped for {task} on {set_name}")
+                    continue
                 if entry.name == "heec" and task == "survival_discrete":
                     notes.append(f"heec has no survival_discrete objective; skipped on {set_name}")
                     continue
                 plan.append((task, entry, set_name, mods))
-    log.info("run %s: %d model x modality-set combination(s) x %d folds; folds %s@%s", run, len(plan),
-             cfg.folds.n_folds, FOLDS_GROUP, data.folds_version)
+    log.info("run %s: %d model x modality-set combination(s) x %d folds x %d repeat(s); folds %s@%s", run,
+             len(plan), cfg.folds.n_folds, cfg.folds.repeats, FOLDS_GROUP, ",".join(data.repeat_versions))
     tables = {t: task_rows(data.table, t) for t in cfg.tasks}
+    repeats = len(data.repeat_folds)
+
+    def base_of(task, model, set_name, mods, hparams, repeat, fold) -> dict:
+        return {"run": run, "task": task, "model": model, "modality_set": set_name, "modalities": ",".join(mods),
+                "repeat": repeat, "fold": fold, "hparams": json.dumps(hparams, sort_keys=True, default=str)}
+
+    def record(base: dict, out, seconds: float) -> None:
+        if isinstance(out, Exception):
+            res_rows.append({**base, "status": "error", "error": str(out)[:2000], "seconds": seconds})
+            return
+        info = {k: v for k, v in out.info.items() if isinstance(v, (int, float, str)) and k != "checkpoint"}
+        res_rows.append({**base, "status": "ok", "error": "", **info, **out.metrics, "seconds": seconds,
+                         "notes": "; ".join(out.notes)[:2000]})
+        key = {"task": base["task"], "model": base["model"], "modality_set": base["modality_set"],
+               "repeat": base["repeat"]}
+        preds.append(out.predictions.assign(**key))
+        if out.importances is not None:
+            imps.append(out.importances.assign(**key))
+        if out.attention is not None and len(out.attention):
+            atts.append(out.attention.assign(**key))
+
+    classic_jobs = []
     for i, (task, entry, set_name, mods) in enumerate(plan, 1):
         table = tables[task]
+        if entry.name in CLASSIC_MODELS:  # fitted below, all at once as Ray tasks
+            classic_jobs += [ClassicJob(task, entry.name, set_name, mods, dict(entry.hparams), r, f)
+                             for r in range(repeats) for f in range(cfg.folds.n_folds)]
+            continue
         classes = sorted(table["subtype"].astype(str).unique()) if task == "subtype" else None
-        for fold in range(cfg.folds.n_folds):
-            t0 = time.perf_counter()
-            base = {"run": run, "task": task, "model": entry.name, "modality_set": set_name,
-                    "modalities": ",".join(mods), "fold": fold, "hparams": json.dumps(entry.hparams, sort_keys=True,
-                                                                                      default=str)}
-            run_dir = workdir / task / f"{entry.name}__{set_name}" / f"fold{fold}"
-            try:
-                rows = fold_rows(table, data.folds, fold=fold, val_fraction=cfg.train.val_fraction, seed=cfg.seed)
-                if entry.name == "heec":
-                    out = fit_fold_heec(hparams=entry.hparams, task=task, modalities=mods, rows=rows, fold=fold,
-                                        classes=classes, settings=settings, run_dir=run_dir, layout=layout)
-                else:
-                    out = fit_fold_torch(model=entry.name, hparams=entry.hparams, task=task, modalities=mods,
-                                         rows=rows, fold=fold, classes=classes, settings=settings, run_dir=run_dir,
-                                         layout=layout)
-            except Exception as e:  # noqa: BLE001  one failed fit is recorded; the rest of the job goes on
-                log.error("[%d/%d] %s %s %s fold %d FAILED: %s", i, len(plan), task, entry.name, set_name, fold, e)
-                log.debug("%s", traceback.format_exc())
-                res_rows.append({**base, "status": "error", "error": str(e)[:2000],
-                                 "seconds": time.perf_counter() - t0})
-                continue
-            info = {k: v for k, v in out.info.items() if isinstance(v, (int, float, str)) and k != "checkpoint"}
-            res_rows.append({**base, "status": "ok", "error": "", **info, **out.metrics,
-                             "seconds": time.perf_counter() - t0, "notes": "; ".join(out.notes)[:2000]})
-            key = {"task": task, "model": entry.name, "modality_set": set_name}
-            preds.append(out.predictions.assign(**key))
-            if out.importances is not None:
-                imps.append(out.importances.assign(**key))
-            if out.attention is not None and len(out.attention):
-                atts.append(out.attention.assign(**key))
-            head = "auc" if task == "subtype" else "harrell_c"
-            log.info("[%d/%d] %s %-16s %-14s fold %d/%d: %s=%.3f (%.1f s)", i, len(plan), task, entry.name, set_name,
-                     fold + 1, cfg.folds.n_folds, head, out.metrics.get(head, float("nan")),
-                     time.perf_counter() - t0)
+        for repeat, folds in enumerate(data.repeat_folds):
+            for fold in range(cfg.folds.n_folds):
+                t0 = time.perf_counter()
+                base = base_of(task, entry.name, set_name, mods, entry.hparams, repeat, fold)
+                rdir = f"fold{fold}" if repeat == 0 else f"repeat{repeat}_fold{fold}"
+                run_dir = workdir / task / f"{entry.name}__{set_name}" / rdir
+                try:
+                    rows = fold_rows(table, folds, fold=fold, val_fraction=cfg.train.val_fraction, seed=cfg.seed)
+                    if entry.name == "heec":
+                        out = fit_fold_heec(hparams=entry.hparams, task=task, modalities=mods, rows=rows, fold=fold,
+                                            classes=classes, settings=settings, run_dir=run_dir, layout=layout)
+                    else:
+                        out = fit_fold_torch(model=entry.name, hparams=entry.hparams, task=task, modalities=mods,
+                                             rows=rows, fold=fold, classes=classes, settings=settings,
+                                             run_dir=run_dir, layout=layout)
+                except Exception as e:  # noqa: BLE001  one failed fit is recorded; the rest of the job goes on
+                    log.error("[%d/%d] %s %s %s fold %d FAILED: %s", i, len(plan), task, entry.name, set_name, fold, e)
+                    log.debug("%s", traceback.format_exc())
+                    record(base, e, time.perf_counter() - t0)
+                    continue
+                record(base, out, time.perf_counter() - t0)
+                head = "auc" if task == "subtype" else "harrell_c"
+                log.info("[%d/%d] %s %-16s %-14s repeat %d fold %d/%d: %s=%.3f (%.1f s)", i, len(plan), task,
+                         entry.name, set_name, repeat, fold + 1, cfg.folds.n_folds, head,
+                         out.metrics.get(head, float("nan")), time.perf_counter() - t0)
+    run_classic_jobs(classic_jobs, tables=tables, folds=data.repeat_folds, settings=settings, layout=layout,
+                     on_done=lambda j, out, sec: record(base_of(j.task, j.model, j.set_name, j.modalities,
+                                                                j.hparams, j.repeat, j.fold), out, sec))
     results = pd.DataFrame(res_rows)
     if results.empty:
         raise DataError("nothing was trained: " + ("; ".join(notes) or "no model x modality set combination"))
@@ -196,19 +225,21 @@ def run_train(cfg: TrainJobConfig) -> TrainReport:
     importances = pd.concat(imps, ignore_index=True) if imps else pd.DataFrame()
     summary = R.summarize(results, predictions, n_boot=cfg.n_boot, seed=cfg.seed)
     ablation = ablation_table(summary)
+    paired = paired_table(results, summary, n_boot=cfg.n_boot, seed=cfg.seed)
     meta = {"run": run, "store": store.uri, "output": output, "feature_versions": data.versions,
-            "folds": f"{FOLDS_GROUP}@{data.folds_version}", "config": to_dict(cfg), "config_hash": config_hash(cfg),
+            "folds": f"{FOLDS_GROUP}@{data.folds_version}",
+            "folds_repeats": [f"{FOLDS_GROUP}@{v}" for v in data.repeat_versions], "config": to_dict(cfg), "config_hash": config_hash(cfg),
             "mmray_version": mmray.__version__, "notes": notes,
             "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     files = {"results.parquet": R.parquet_bytes(results), "summary.parquet": R.parquet_bytes(summary),
              "predictions.parquet": R.parquet_bytes(predictions), "ablation.csv": ablation.to_csv(index=False).encode(),
-             "ablation.png": ablation_png(ablation)}
+             "ablation.png": ablation_png(ablation), "paired.csv": paired.to_csv(index=False).encode()}
     if len(importances):
         files["importances.parquet"] = R.parquet_bytes(importances)
     if atts:
         files["attention.parquet"] = R.parquet_bytes(pd.concat(atts, ignore_index=True))
     files["results.json"] = R.json_bytes({**meta, "results": R.records(results), "summary": R.records(summary),
-                                          "ablation": R.records(ablation)})
+                                          "ablation": R.records(ablation), "paired": R.records(paired)})
     written = R.write_outputs(output, files)
     report = TrainReport(run, output, results, summary, ablation, predictions, importances, written, notes=notes)
     if cfg.mlflow.enabled:

@@ -47,12 +47,16 @@ def risk_of(task: str, output: np.ndarray) -> np.ndarray:
 
 
 def score_survival(task: str, output: np.ndarray, *, time_days, event, train_output: np.ndarray | None,
-                   train_time_days, train_event, bins: TimeBins | None = None) -> FoldScore:
-    """Metrics of a survival fold; ``train_output`` (training rows' outputs) fits the Breslow baseline."""
+                   train_time_days, train_event, bins: TimeBins | None = None, surv_fn=None) -> FoldScore:
+    """Metrics of a survival fold; ``train_output`` (training rows' outputs) fits the Breslow baseline.
+
+    ``surv_fn(times [T]) -> [n, T]``: the model's own survival curves (classical families), used as given.
+    """
     risk = risk_of(task, output)
     notes: list[str] = []
-    surv_fn = None
-    if task == "survival_cox" and train_output is not None:
+    if surv_fn is not None:
+        pass
+    elif task == "survival_cox" and train_output is not None:
         try:
             bs = M.BreslowSurvival().fit(np.asarray(train_output, float).reshape(-1), time_days=train_time_days,
                                          event=train_event)

@@ -157,3 +157,21 @@ def inner_split(table: pd.DataFrame, *, val_fraction: float = 0.2, seed: int = 0
         else table.assign(**{event_col: False})
     inner = make_folds(rows, n_folds=k, seed=seed, patient_col=patient_col, event_col=event_col, site_col=None)
     return split(table, inner, fold=0, patient_col=patient_col)
+
+
+def repeat_seed(seed: int, repeat: int) -> int:
+    """The fold seed of repeat ``repeat`` of repeated CV: ``seed`` itself for repeat 0 (the single-CV folds)."""
+    return int(seed) + 7919 * int(repeat)
+
+
+def load_or_make_repeated_folds(store, labels: pd.DataFrame, n_folds: int = 5, seed: int = 0, repeats: int = 1,
+                                **kwargs) -> list[tuple[pd.DataFrame, str]]:
+    """``repeats`` x :func:`load_or_make_folds`, repeat ``r`` seeded by :func:`repeat_seed`; ``[(folds, version)]``.
+
+    Train, tune and the signature fan-out all call this with the config's
+    ``folds`` (``n_folds``, ``seed``, ``repeats``), so for the same seed they
+    score on identical saved folds; repeat 0 is the plain ``n_folds`` CV.
+    """
+    if repeats < 1:
+        raise DataError(f"folds.repeats must be >= 1, got {repeats}")
+    return [load_or_make_folds(store, labels, n_folds, repeat_seed(seed, r), **kwargs) for r in range(repeats)]

@@ -2,13 +2,14 @@
 
 ``results`` (one row per task x model x modality set x fold)::
 
-    run, task, model, modality_set, modalities, fold, status (ok | error | skipped), error,
+    run, task, model, modality_set, modalities, repeat, fold, status (ok | error | skipped), error,
     n_fit, n_val, n_test, best_epoch, seconds,
     harrell_c, uno_c, td_auc, ibs            (survival tasks; NaN otherwise)
     auc, balanced_accuracy                   (subtype)
 
 ``summary`` (one row per task x model x modality set): ``n_folds_ok`` and, for
-every metric, ``<metric>_mean`` and ``<metric>_sd`` over the folds, plus
+every metric, ``<metric>_mean`` and ``<metric>_sd`` over the folds of every
+CV repeat (``folds.repeats``; ``n_repeats``), plus
 ``<headline>_ci_low`` / ``_ci_high``: a 95% percentile bootstrap interval of
 the fold-mean headline metric (Harrell's C or AUC), resampling patients
 within each test fold (so fold-specific risk scales never mix).
@@ -59,7 +60,7 @@ def fold_mean_ci(task: str, preds: pd.DataFrame, *, n_boot: int = 200, seed: int
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
     folds = []
-    for _, g in preds.groupby("fold", sort=True):
+    for _, g in preds.groupby(_fold_keys(preds), sort=True):
         if task == "subtype":
             out = g[[c for c in g.columns if c.startswith("out_")]].to_numpy()
             folds.append((out, None, None, g["y"]))
@@ -86,6 +87,11 @@ def fold_mean_ci(task: str, preds: pd.DataFrame, *, n_boot: int = 200, seed: int
     return float(lo), float(hi)
 
 
+def _fold_keys(frame: pd.DataFrame) -> list[str]:
+    """A held-out fold is ``(repeat, fold)`` under repeated CV (older results have no ``repeat``)."""
+    return ["repeat", "fold"] if "repeat" in frame.columns else ["fold"]
+
+
 def summarize(results: pd.DataFrame, predictions: pd.DataFrame, *, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
     """Per (task, model, modality set): mean, sd over folds and the bootstrap CI of the headline metric."""
     rows = []
@@ -94,7 +100,8 @@ def summarize(results: pd.DataFrame, predictions: pd.DataFrame, *, n_boot: int =
         ok = g[g["status"] == "ok"]
         row = dict(zip(KEYS, key))
         row["modalities"] = g["modalities"].iloc[0]
-        row["n_folds"] = int(g["fold"].nunique())
+        row["n_folds"] = int(len(g.drop_duplicates(_fold_keys(g))))
+        row["n_repeats"] = int(g["repeat"].nunique()) if "repeat" in g else 1
         row["n_folds_ok"] = len(ok)
         for m in ALL_METRICS:
             if m in ok:
@@ -103,7 +110,9 @@ def summarize(results: pd.DataFrame, predictions: pd.DataFrame, *, n_boot: int =
         sel = predictions
         for k, v in zip(KEYS, key):
             sel = sel[sel[k] == v] if k in sel else sel.iloc[0:0]
-        sel = sel[sel["fold"].isin(ok["fold"])] if len(sel) else sel
+        if len(sel):
+            keys = [k for k in _fold_keys(ok) if k in sel]
+            sel = sel.merge(ok[keys].drop_duplicates(), on=keys, how="inner")
         sel = sel.drop(columns=KEYS, errors="ignore").dropna(axis=1, how="all")  # other tasks' output columns
         row[f"{head}_ci_low"], row[f"{head}_ci_high"] = fold_mean_ci(task, sel,
                                                                      n_boot=n_boot, seed=seed)

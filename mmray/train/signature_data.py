@@ -18,7 +18,7 @@ import pandas as pd
 from mmray.errors import DataError, StoreError
 from mmray.store import FeatureStore, training_table
 from mmray.store.join import SEP
-from mmray.train.folds import FOLDS_GROUP, load_or_make_folds
+from mmray.train.folds import FOLDS_GROUP, load_or_make_repeated_folds
 
 
 @dataclass
@@ -35,6 +35,7 @@ class SignatureData:
     folds_ref: str  # "folds@v0001"
     folds_hash: str
     n_dropped: int  # labelled patients without expression (or usable labels)
+    repeat_fold: np.ndarray | None = None  # [R, n] fold of each patient in each CV repeat (row 0 = ``fold``)
 
     def columns(self, genes) -> np.ndarray:
         index = {g: i for i, g in enumerate(self.genes)}
@@ -58,8 +59,8 @@ def folds_hash(folds: pd.DataFrame) -> str:
 
 def load_signature_data(store: FeatureStore, *, labels_group: str = "labels",
                         expression_group: str = "expression", n_folds: int = 5,
-                        seed: int = 0) -> SignatureData:
-    """Join labels with expression (point in time), attach the shared folds."""
+                        seed: int = 0, repeats: int = 1) -> SignatureData:
+    """Join labels with expression (point in time), attach the shared folds (of every CV repeat)."""
     labels_version = store.latest(labels_group)
     expr_version = store.latest(expression_group)
     for group, version in ((labels_group, labels_version), (expression_group, expr_version)):
@@ -69,8 +70,9 @@ def load_signature_data(store: FeatureStore, *, labels_group: str = "labels",
     labels = _usable_labels(store.read_table(labels_group, version=labels_version), group=labels_group)
     if labels.empty:
         raise DataError(f"group {labels_group}@{labels_version} has no row with time_days > 0 and an event value")
-    folds, folds_version = load_or_make_folds(store, labels, n_folds, seed, labels_group=labels_group,
-                                              labels_version=labels_version)
+    repeated = load_or_make_repeated_folds(store, labels, n_folds, seed, repeats, labels_group=labels_group,
+                                           labels_version=labels_version)
+    folds, folds_version = repeated[0]
     table = training_table(store, labels, groups={expression_group: expr_version})
     table = table[table[f"has_{expression_group}"].to_numpy(dtype=bool)]
     prefix = f"{expression_group}{SEP}"
@@ -83,9 +85,16 @@ def load_signature_data(store: FeatureStore, *, labels_group: str = "labels",
         raise DataError(f"only {len(table)} patients have both labels and expression; need at least "
                         f"{n_folds} for {n_folds} folds")
     x = table[[prefix + g for g in genes]].to_numpy(dtype=float)
+    ids = table["patient_id"].astype(str)
+    repeat_fold = np.vstack([ids.map(f.assign(patient_id=f["patient_id"].astype(str)).set_index("patient_id")["fold"])
+                             .to_numpy(dtype=int) for f, _ in repeated])
+    ref = f"{FOLDS_GROUP}@{folds_version}" if repeats == 1 else \
+        f"{FOLDS_GROUP}@" + ",".join(v for _, v in repeated)
+    fhash = folds_hash(folds) if repeats == 1 else \
+        hashlib.sha256("".join(folds_hash(f) for f, _ in repeated).encode()).hexdigest()[:16]
     return SignatureData(patient_id=table["patient_id"].to_numpy(), genes=genes, x=x,
                          time_days=table["time_days"].to_numpy(dtype=float),
                          event=table["event"].to_numpy().astype(bool), fold=fold.to_numpy(dtype=int),
                          feature_versions={labels_group: labels_version, expression_group: expr_version},
-                         folds_ref=f"{FOLDS_GROUP}@{folds_version}", folds_hash=folds_hash(folds),
-                         n_dropped=int(len(labels) - len(table)))
+                         folds_ref=ref, folds_hash=fhash, n_dropped=int(len(labels) - len(table)),
+                         repeat_fold=repeat_fold)

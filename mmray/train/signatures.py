@@ -116,27 +116,34 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 
 def cross_validate(x, time_days, event, fold, *, cfg: CoxModelConfig, n_boot: int = 200,
                    seed: int = 0) -> SignatureFit:
-    """Fit and score on every fold of ``fold``, then refit on all rows (see module docstring)."""
+    """Fit and score on every fold of ``fold``, then refit on all rows (see module docstring).
+
+    ``fold`` ``[n]``, or ``[R, n]`` under repeated CV: every fold of every repeat is scored (fold
+    metrics numbered ``r * K + k``); the out-of-fold C-index is that of repeat 0.
+    """
     start = _time.perf_counter()
     x = np.asarray(x, dtype=float)
     t, e = M.check_survival(time_days, event)
-    fold = np.asarray(fold).reshape(-1)
-    if x.ndim != 2 or x.shape[0] != t.size or fold.size != t.size:
+    folds_2d = np.atleast_2d(np.asarray(fold))
+    fold = folds_2d[0]
+    if x.ndim != 2 or x.shape[0] != t.size or folds_2d.shape[1] != t.size:
         raise DataError(f"expected x [n, G], time_days [n], event [n], fold [n] with one n; got "
                         f"x {x.shape}, time {t.shape}, fold {fold.shape}")
     if x.shape[1] == 0:
         raise DataError("no genes: the signature has no gene in the expression matrix")
     oof = np.full(t.size, np.nan)
     folds, notes = [], []
-    for k in sorted(np.unique(fold)):
-        tr, va = fold != k, fold == k
+    n_k = int(fold.max()) + 1
+    for r, k in ((r, k) for r in range(folds_2d.shape[0]) for k in sorted(np.unique(folds_2d[r]))):
+        tr, va = folds_2d[r] != k, folds_2d[r] == k
         if not e[va].any():
             notes.append(f"fold {k}: no event among its {int(va.sum())} patients; skipped")
             continue
         est = fit_estimator(cfg, x[tr], t[tr], e[tr])
         risk = np.asarray(est.predict(x[va]), dtype=float)
-        oof[va] = risk
-        row = {"fold": float(k), "harrell_c": M.harrell_c(risk, time_days=t[va], event=e[va]), "uno_c": float("nan")}
+        if r == 0:
+            oof[va] = risk
+        row = {"fold": float(r * n_k + k), "harrell_c": M.harrell_c(risk, time_days=t[va], event=e[va]), "uno_c": float("nan")}
         try:
             row["uno_c"] = M.uno_c(risk, time_days=t[va], event=e[va], train_time_days=t[tr],
                                    train_event=e[tr])

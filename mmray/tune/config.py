@@ -112,5 +112,7 @@ class TuneJobConfig:
                 yield (f"spaces.{name}", f"unknown model {name!r}; valid: {', '.join(sorted(MODELS))}")
         if self.folds.n_folds < 2:
             yield ("folds.n_folds", f"must be >= 2, got {self.folds.n_folds}")
+        if self.model in ("coxnet", "coxph_ridge", "rsf", "gbsa", "ensemble") and self.task != "survival_cox":
+            yield ("task", f"{self.model} supports survival_cox only")
         if self.model == "heec" and self.task == "survival_discrete":
             yield ("task", "heec supports survival_cox and subtype")

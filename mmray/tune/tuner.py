@@ -36,6 +36,7 @@ from mmray.config import to_dict
 from mmray.errors import DataError
 from mmray.store import FeatureStore
 from mmray.train import results as R
+from mmray.train.classic_runner import CLASSIC_MODELS
 from mmray.train.config import ModelEntry, TrainJobConfig
 from mmray.train.cv import load_job_data, run_train, settings_of, task_rows
 from mmray.train.fold_fit import FoldRows, heec_columns, heec_hparams, heec_labels, prepare_torch_fold
@@ -154,9 +155,10 @@ def run_tune(cfg: TuneJobConfig) -> TuneReport:
     classes = sorted(table["subtype"].astype(str).unique()) if cfg.task == "subtype" else None
     trial_data = TrialData(table=table, folds=data.folds, model=cfg.model, task=cfg.task,
                            modalities=tuple(cfg.modalities), classes=classes, settings=settings_of(base),
-                           n_folds=cfg.folds.n_folds, fixed=dict(cfg.fixed))
+                           n_folds=cfg.folds.n_folds, fixed=dict(cfg.fixed), repeat_folds=data.repeat_folds)
     space = resolved_space(cfg)
-    max_t = cfg.scheduler.max_t or (cfg.folds.n_folds if cfg.model == "heec" else cfg.train.max_epochs)
+    per_fold = cfg.model == "heec" or cfg.model in CLASSIC_MODELS  # one report per fold of every repeat
+    max_t = cfg.scheduler.max_t or (cfg.folds.n_folds * cfg.folds.repeats if per_fold else cfg.train.max_epochs)
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=min(cfg.scheduler.grace_period,
                                                                                              max_t),
                                reduction_factor=cfg.scheduler.reduction_factor)
@@ -217,6 +219,18 @@ def run_tune(cfg: TuneJobConfig) -> TuneReport:
     return report
 
 
+def fit_classic_best(model: str, hp: dict, *, modalities, rows: pd.DataFrame, settings):
+    """A classical family or the ensemble fitted on every patient (no early stopping to hold rows out for)."""
+    from mmray.train.ensemble import StackedEnsemble
+    from mmray.train.fold_classic import ClassicPipeline
+
+    if model == "ensemble":
+        return StackedEnsemble(modalities=modalities, top_k_var=settings.top_k_var, screen=settings.screen,
+                               **{"seed": settings.seed, **hp}).fit(rows)
+    return ClassicPipeline.from_settings(model, modalities=modalities, hparams=hp, settings=settings,
+                                         seed=settings.seed).fit(rows)
+
+
 def fit_best(cfg: TuneJobConfig, refit_cfg: TrainJobConfig, data, table: pd.DataFrame, classes, hp: dict, *,
              output: str) -> str:
     """Fit the chosen config on every patient (inner split for early stopping); saved to ``<output>/best_model``."""
@@ -229,7 +243,10 @@ def fit_best(cfg: TuneJobConfig, refit_cfg: TrainJobConfig, data, table: pd.Data
     with tempfile.TemporaryDirectory(prefix="mmray-best-") as tmp:
         out_dir = Path(tmp) / "best_model"
         out_dir.mkdir()
-        if cfg.model == "heec":
+        if cfg.model in CLASSIC_MODELS:
+            fitted = fit_classic_best(cfg.model, hp, modalities=cfg.modalities, rows=table, settings=settings)
+            (out_dir / "classic.pkl").write_bytes(pickle.dumps(fitted))
+        elif cfg.model == "heec":
             from mmray.models.registry import build_model
 
             cols = heec_columns(rows.fit, cfg.modalities, ModalityLayout())

@@ -41,6 +41,9 @@ TUNES = {
                      "search.train_params=[lr]", "preprocess.screen={expression: {max_p: 0.5, top_k: 6}}"],
     "heec": ["fixed={n_estimators: 40}", "search.extend_defaults=false",
              "spaces={heec: {num_leaves: {kind: int, low: 3, high: 5}}}"],
+    "ensemble": ["fixed={members: [coxph_ridge, coxph_ridge@clinical, coxph_ridge@expression]}",
+                 "search.extend_defaults=false", "spaces={ensemble: {meta_alpha: {kind: float, low: 0.1, high: 10}}}",
+                 "preprocess.screen={expression: {max_p: 0.5, top_k: 6}}"],
 }
 TIMES = [365.0, 730.0, 1095.0, 1825.0]
 
@@ -92,12 +95,16 @@ def registered(env):
     lenient = RegistryConfig(gate=GateConfig(threshold=0.0))  # the 3-epoch torch model: test wrapping, not skill
     return {"early_fusion": register_tuned(str(_output(env, "early_fusion")), store=env["store"], registry=lenient,
                                            name="mmray__early_fusion"),
-            "heec": register_tuned("tune-heec", store=env["store"], registry=RegistryConfig(), name="mmray__heec")}
+            "heec": register_tuned("tune-heec", store=env["store"], registry=RegistryConfig(), name="mmray__heec"),
+            "ensemble": register_tuned("tune-ensemble", store=env["store"], registry=lenient,
+                                       name="mmray__ensemble")}
 
 
 def _reference(env, model: str, table: pd.DataFrame) -> np.ndarray:
     """Risk of the refitted best model + its preprocessing, computed in this process by the training code."""
     best = _output(env, model) / "best_model"
+    if model == "ensemble":  # the stacked classical members, straight from the pickle fit_best wrote
+        return pickle.loads((best / "classic.pkl").read_bytes()).predict(table)
     if model == "heec":
         heec = pickle.loads((best / "heec.pkl").read_bytes())
         return heec.predict(table[json.loads((best / "columns.json").read_text())])
@@ -106,7 +113,7 @@ def _reference(env, model: str, table: pd.DataFrame) -> np.ndarray:
     return predict_columns(net, prepared_columns(pre.transform(table)), dims=pre.dims).output.reshape(-1)
 
 
-@pytest.mark.parametrize("model", ["early_fusion", "heec"])
+@pytest.mark.parametrize("model", ["early_fusion", "heec", "ensemble"])
 def test_registered_champion_predicts_what_the_refitted_model_gives(env, registered, table, model):
     out = registered[model]
     assert out.outcome == "registered" and out.champion and out.version == "1", out
@@ -219,7 +226,7 @@ def _instance(row: pd.Series, features: list[str]) -> dict:
     return {f: (float(row[f]) if pd.notna(row[f]) else 0.0) for f in features}
 
 
-@pytest.mark.parametrize("model", ["early_fusion", "heec"])
+@pytest.mark.parametrize("model", ["early_fusion", "heec", "ensemble"])
 def test_served_over_http_by_feature_name(env, registered, table, client, model):
     name = f"mmray__{model}"
     listed = {m["name"]: m for m in client.models()}

@@ -156,7 +156,7 @@ def text_of(doc: Doc, sid: str) -> str:
 @pytest.mark.integration
 def test_every_section_is_filled_and_the_file_is_self_contained(run):
     doc = run["doc"]
-    want = ["overview", "failures", "leakage", "bias", "results", "ablation", "kaplan-meier", "signatures",
+    want = ["overview", "failures", "leakage", "bias", "results", "ablation", "paired", "kaplan-meier", "signatures",
             "extremum-heatmaps", "attention-heatmaps", "run", "serving"]
     assert list(doc.sections) == want
     assert {s: v["status"] for s, v in doc.sections.items()} == dict.fromkeys(want, "filled")
@@ -221,6 +221,18 @@ def test_results_table_equals_the_summary(run):
     grid = {r["model"]: r for r in rows_of(tables[0])}
     heec = summary[summary["model"] == "heec"].iloc[0]
     assert grid["heec"]["slide"] == f"{heec['harrell_c_mean']:.3f} ± {heec['harrell_c_sd']:.3f}"
+
+
+@pytest.mark.integration
+def test_paired_table_is_the_runs_paired_csv(run):
+    paired = pd.read_csv(run["root"] / "store" / "_results" / "r1" / "paired.csv")
+    (table,) = run["doc"].sections["paired"]["tables"]
+    rows = rows_of(table)
+    assert len(rows) == len(paired) == 2  # 3 summary rows, one of them the baseline
+    for r, (_, p) in zip(rows, paired.iterrows()):
+        assert (r["model"], r["modality set"], r["folds"]) == (p["model"], p["modality_set"], str(p["n_pairs"]))
+        assert r["mean difference"] == (f"{p['mean_diff']:.3f}" if np.isfinite(p["mean_diff"]) else "–")
+    assert f"baseline {paired['baseline'].iloc[0]}" in text_of(run["doc"], "paired")
 
 
 @pytest.mark.integration
@@ -332,9 +344,9 @@ def test_missing_inputs_say_which_command_makes_them(tmp_path):
     doc = parse(write_report(store, tmp_path / "r.html").read_text())
     status = {s: v["status"] for s, v in doc.sections.items()}
     assert status == {"overview": "filled", "failures": "filled", "leakage": "filled", "bias": "filled",
-                      "results": "missing", "ablation": "missing", "kaplan-meier": "missing",
+                      "results": "missing", "ablation": "missing", "paired": "missing", "kaplan-meier": "missing",
                       "signatures": "missing", "extremum-heatmaps": "missing", "attention-heatmaps": "missing"}
-    for sid in ("results", "ablation", "kaplan-meier", "extremum-heatmaps", "attention-heatmaps"):
+    for sid in ("results", "ablation", "paired", "kaplan-meier", "extremum-heatmaps", "attention-heatmaps"):
         assert f"mmray train --config ray_jobs/configs/train.yaml --store {store}" in text_of(doc, sid)
     assert f"mmray signatures --cohort COHORT.yaml --store {store}" in text_of(doc, "signatures")
     assert "No failures recorded" in text_of(doc, "failures")
