@@ -127,7 +127,8 @@ class SlideTiles:
 
 def plan_tiles(*, width_l0: int, height_l0: int, mpp_l0: float, downsamples, mask: np.ndarray, mask_mpp: float,
                spec: TilingSpec) -> SlideTiles:
-    """Tiles with at least ``spec.min_tissue_fraction`` tissue in ``mask``, and the regions holding them."""
+    """Tiles with at least ``spec.min_tissue_fraction`` tissue in ``mask``, and the regions holding them that
+    have as much tissue themselves (a tile in a dropped region has region id -1)."""
     tile_l0 = max(1, int(round(spec.tile_px * spec.target_mpp / mpp_l0)))
     nx, ny = width_l0 // tile_l0, height_l0 // tile_l0
     gy, gx = np.meshgrid(np.arange(ny, dtype=np.int64), np.arange(nx, dtype=np.int64), indexing="ij")
@@ -147,7 +148,14 @@ def plan_tiles(*, width_l0: int, height_l0: int, mpp_l0: float, downsamples, mas
     rid = (ty // region_l0) * n_rx + tx // region_l0
     ids = np.unique(rid)
     rx, ry = (ids % n_rx) * region_l0, (ids // n_rx) * region_l0
-    rfrac = box_fractions(mask, x0=rx * scale, y0=ry * scale, size=region_l0 * scale).astype(np.float32)
+    # A region may run past the slide's edge: its tissue fraction is over the part inside the slide, and a
+    # region below the tissue threshold is never planned (so never embedded, aggregated or drawn).
+    inside = (np.minimum(rx + region_l0, width_l0) - rx) * (np.minimum(ry + region_l0, height_l0) - ry)
+    rfrac = box_fractions(mask, x0=rx * scale, y0=ry * scale, size=region_l0 * scale) * (region_l0**2 / inside)
+    rfrac = np.minimum(rfrac, 1.0).astype(np.float32)
+    tissue_ok = rfrac >= spec.min_tissue_fraction
+    rid = np.where(np.isin(rid, ids[tissue_ok]), rid, -1)
+    rx, ry, ids, rfrac = rx[tissue_ok], ry[tissue_ok], ids[tissue_ok], rfrac[tissue_ok]
     region_level, region_read = read_plan(downsamples, extent_l0=region_l0, out_px=spec.tile_px)
     return SlideTiles(width_l0, height_l0, mpp_l0, tile_l0, region_l0, tile_level, tile_read, region_level,
                       region_read, tx, ty, rid, frac, rx, ry, ids, rfrac)

@@ -26,6 +26,7 @@ import pandas as pd
 
 from mmray import uri as uri_mod
 from mmray.features.encoders import EncoderConfig, resolve
+from mmray.features.nuclei_stage import NucleiConfig
 from mmray.features.tile_pipeline import ReadConfig, Source, embedding_dataset, pipeline_context
 from mmray.features.tiling import PlanLimits, TilingSpec
 from mmray.features.tissue import TissueParams
@@ -60,6 +61,7 @@ class WsiConfig:
     object_store_limit_mb: int | None = None  # cap on the object store the pipeline uses (default: Ray's)
     reserve_op_resources: bool = False  # Ray Data's per-operator resource reservation (see pipeline_context)
     progress_interval_s: float = 10.0  # per-slide progress log period (0: off)
+    nuclei: NucleiConfig = field(default_factory=NucleiConfig)  # wsi_nuclei, wsi_nuclei_slide/_patient
 
     def validate(self):
         if self.target_mpp <= 0:
@@ -121,16 +123,17 @@ def embed_key(cfg: WsiConfig, encoder_id: str) -> dict:
             "tiling": dataclasses.asdict(cfg.tiling())}
 
 
-def _resume(store, slides: list[dict], key: dict, sources: dict[str, dict], force: bool):
+def _resume(store, slides: list[dict], key: dict, sources: dict[str, dict], force: bool, *, group: str = TILES,
+            key_param: str = "embed_key"):
     """``(todo, carry, previous version)``: slides to embed, and slides the latest version already holds."""
-    prev = store.latest(TILES)
+    prev = store.latest(group)
     if prev is None or force:
         return slides, [], prev
-    man = store.manifest(TILES, version=prev)
-    if man["params"].get("embed_key") != key:
-        log.info("wsi: encoder or tiling changed since %s@%s: embedding every slide again", TILES, prev)
+    man = store.manifest(group, version=prev)
+    if man["params"].get(key_param) != key:
+        log.info("wsi: settings changed since %s@%s: computing every slide again", group, prev)
         return slides, [], prev
-    bags = store.bags(TILES, version=prev).set_index("bag_id")
+    bags = store.bags(group, version=prev).set_index("bag_id")
     old_sources = {s.get("slide_id"): s for s in man.get("sources", [])}
     todo, carry = [], []
     for s in slides:
@@ -209,6 +212,9 @@ def ingest_wsi(ctx) -> ModalityReport:
             report.groups[TILES] = tiles_version = sink.version
     if tiles_version is None:
         return report
+    from mmray.ingest.wsi_nuclei import ingest_nuclei
+
+    ingest_nuclei(ctx, slides=slides, sources=sources, report=report)
     slide_version, _ = update_slide_aggregates(ctx.store, tiles_version=tiles_version, embed_key=key,
                                                       force=ctx.force)
     if slide_version:

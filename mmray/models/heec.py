@@ -16,7 +16,10 @@ single modality: a gradient-boosted tree ensemble over one wide table
   effect, it uses censored patients (a Spearman correlation with time among
   events would drop them), and it costs one sort plus cumulative sums for all
   genes at once.  Subtype uses the ANOVA F-test;
-* every other numeric column (clinical, radiomics, ``has_*``) kept.
+* every other wide group (:data:`SCREENED_GROUPS`: slide tile/region extremum
+  features, nucleus features, radiomics) screened the same way, each group
+  on its own, at most ``max_per_group`` kept per group;
+* every other numeric column (clinical, ``has_*``) kept.
 
 LightGBM handles missing modalities natively (NaN goes down a learned
 branch), so no imputation is needed.  Subtype uses the multiclass objective;
@@ -43,6 +46,9 @@ from mmray.models.lgbm_cox import cindex_eval, cox_objective, encode_label
 
 HEEC_TASKS = ("survival_cox", "subtype")
 GENOMIC_PREFIXES = ("expression__", "mutations__", "cnv__")
+# Wide groups screened one by one on the training rows (each keeps at most ``max_per_group``): tile and
+# region extremum features, nucleus morphometry/graph aggregates, radiomics.
+SCREENED_GROUPS = ("wsi_patient__", "wsi_nuclei_patient__", "radiomics__")
 _SKIP_SUFFIXES = ("__event_time", "__bag_ids")
 
 
@@ -56,7 +62,8 @@ class HEEC:
 
     def __init__(self, *, task: str = "survival_cox", n_classes: int | None = None,
                  genomic_prefixes: Sequence[str] = GENOMIC_PREFIXES, screen_alpha: float = 0.05,
-                 max_genomic: int | None = 200, n_estimators: int = 300,
+                 max_genomic: int | None = 200, screened_groups: Sequence[str] = SCREENED_GROUPS,
+                 max_per_group: int | None = 64, n_estimators: int = 300,
                  learning_rate: float = 0.03, num_leaves: int = 7, min_child_samples: int = 10,
                  feature_fraction: float = 0.5, bagging_fraction: float = 0.8, lambda_l2: float = 1.0,
                  early_stopping_rounds: int = 30, seed: int = 0, num_threads: int = 0):
@@ -66,8 +73,11 @@ class HEEC:
             raise DataError("HEEC subtype needs n_classes >= 2")
         self.task, self.n_classes = task, n_classes
         self.genomic_prefixes = tuple(genomic_prefixes)
-        self.screen = CorrelationFilter("cox" if task == "survival_cox" else "anova", max_p=screen_alpha,
-                                        top_k=max_genomic)
+        method = "cox" if task == "survival_cox" else "anova"
+        self.screen = CorrelationFilter(method, max_p=screen_alpha, top_k=max_genomic)
+        self.screened_groups = tuple(screened_groups)
+        self.group_screen = {g: CorrelationFilter(method, max_p=screen_alpha, top_k=max_per_group)
+                             for g in self.screened_groups}
         self.n_estimators, self.early_stopping_rounds = n_estimators, early_stopping_rounds
         self.params = {
             "learning_rate": learning_rate, "num_leaves": num_leaves, "min_child_samples": min_child_samples,
@@ -123,7 +133,18 @@ class HEEC:
             self.screen.fit(Xn[genomic], target)
             kept_gen = set(self.screen.get_feature_names_out())
             self.genomic_p_values_ = pd.Series(self.screen.p_values_, index=genomic, dtype=float)
-        self.features_ = [c for c in Xn.columns if not self._is_genomic(c) or c in kept_gen]
+        self.group_p_values_: dict[str, pd.Series] = {}
+        target = (np.asarray(time_days, float), np.asarray(event, bool)) if self.task == "survival_cox" else y
+        screened: set[str] = set()
+        for g, screen in self.group_screen.items():
+            cols = [c for c in Xn.columns if str(c).startswith(g) and not self._is_genomic(c)]
+            if not cols:
+                continue
+            screened.update(cols)
+            screen.fit(Xn[cols], target)
+            kept_gen.update(screen.get_feature_names_out())
+            self.group_p_values_[g.rstrip("_")] = pd.Series(screen.p_values_, index=cols, dtype=float)
+        self.features_ = [c for c in Xn.columns if not (self._is_genomic(c) or c in screened) or c in kept_gen]
         if not self.features_:
             raise DataError("HEEC: no feature columns left to train on")
         return list(self.features_)
@@ -188,15 +209,20 @@ class HEEC:
 
 # ----------------------------------------------------------------- tracing
 _LOCATED = re.compile(r"^(tile|region)_(max|min)_(\d+)$")
+_NUCLEI_GROUP = "wsi_nuclei_patient"
 
 
 def default_feature_of(column: str) -> str | None:
     """Model column -> the slide feature name used in the coordinates table, or None.
 
-    ``wsi_patient__tile_max_17`` -> ``tile_max_17``; ``tile_mean_*`` and
-    non-slide columns have no single location and give None.
+    ``wsi_patient__tile_max_17`` -> ``tile_max_17``;
+    ``wsi_nuclei_patient__density_per_mm2_max`` -> ``nuclei_density_per_mm2_max`` (the tile with the
+    densest nuclei; :func:`mmray.features.nuclei_aggregate.located_features`); means and non-slide
+    columns have no single location and give None.
     """
-    name = str(column).rsplit("__", 1)[-1]
+    group, _, name = str(column).rpartition("__")
+    if group == _NUCLEI_GROUP:  # wsi_nuclei_patient__density_per_mm2_max -> nuclei_density_per_mm2_max
+        return f"nuclei_{name}" if name.endswith(("_max", "_min")) else None
     return name if _LOCATED.match(name) else None
 
 

@@ -146,13 +146,14 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in (
               "LightGBM on extremum slide features + fold-screened genomics (Cox objective for survival)",
               {"screen_alpha": HParam(0.05, "float", 0.001, 0.2, log=True),
                "max_genomic": HParam(200, "int", 20, 1000, log=True),
+               "max_per_group": HParam(64, "int", 8, 512, log=True),
                "n_estimators": HParam(300, "int", 100, 1000),
                "learning_rate": HParam(0.03, "float", 0.005, 0.2, log=True),
                "num_leaves": HParam(7, "int", 3, 31), "min_child_samples": HParam(10, "int", 5, 40),
                "feature_fraction": HParam(0.5, "float", 0.2, 1.0),
                "bagging_fraction": HParam(0.8, "float", 0.5, 1.0),
                "lambda_l2": HParam(1.0, "float", 1e-3, 10.0, log=True)},
-              extra=("seed", "num_threads", "early_stopping_rounds", "genomic_prefixes")),
+              extra=("seed", "num_threads", "early_stopping_rounds", "genomic_prefixes", "screened_groups")),
     *_CLASSIC_SPECS,
 )}
 

@@ -295,7 +295,7 @@ def fit_fold_heec(*, hparams: Mapping, task: str, modalities: Sequence[str], row
     imp = heec.feature_importance("gain")
     imp = pd.DataFrame({"feature": imp.index, "gain": imp.to_numpy(), "rank": np.arange(1, len(imp) + 1),
                         "fold": fold})
-    pvals = heec.genomic_p_values_
+    pvals = pd.concat([heec.genomic_p_values_, *getattr(heec, "group_p_values_", {}).values()])
     if len(pvals):
         imp["screen_p"] = imp["feature"].map(pvals).to_numpy()
     info.update({"n_fit": len(rows.fit), "n_val": len(rows.val), "n_test": len(rows.test),

@@ -3,7 +3,7 @@
 The store's point-in-time join gives one row per (patient, label time) with
 columns ``<group>__<col>`` and ``has_<group>``.  A :class:`ModalityLayout`
 maps model modalities to store groups (``mutations_cnv`` = ``mutations`` +
-``cnv``, ``slide`` = ``wsi_patient``).  :class:`Preprocessor` fits, per
+``cnv``, ``slide`` = ``wsi_patient`` + ``wsi_nuclei_patient``).  :class:`Preprocessor` fits, per
 modality and on the *training rows that have that modality only*:
 
 1. one-hot levels of any non-numeric column (bool -> 0/1);
@@ -37,7 +37,7 @@ from mmray.train.folds import split
 
 DEFAULT_GROUPS: dict[str, tuple[str, ...]] = {
     "clinical": ("clinical",), "expression": ("expression",), "mutations_cnv": ("mutations", "cnv"),
-    "radiomics": ("radiomics",), "slide": ("wsi_patient",),
+    "radiomics": ("radiomics",), "slide": ("wsi_patient", "wsi_nuclei_patient"),  # embeddings + nuclei
 }
 _META_SUFFIXES = ("__event_time", "__bag_ids")
 # Bookkeeping columns some groups carry next to their features, never model inputs: the WSI aggregates'

@@ -110,12 +110,12 @@ def test_grid_coordinates_regions_and_background_exclusion(slides):
         assert tiles.tile_l0 == 256 and tiles.region_l0 == 1024 and tiles.tile_level == 0
         assert (tiles.tile_x % 256 == 0).all() and (tiles.tile_y % 256 == 0).all()
         assert (tiles.tile_x + 256 <= 2048).all() and (tiles.tile_y + 256 <= 1536).all()
-        # every tile lies inside its region; every region holds at least one tile
+        # every tile lies inside its region (-1: its region has too little tissue); every region holds a tile
         rx = dict(zip(tiles.region_id.tolist(), tiles.region_x.tolist()))
         ry = dict(zip(tiles.region_id.tolist(), tiles.region_y.tolist()))
         for x, y, r in zip(tiles.tile_x, tiles.tile_y, tiles.tile_region):
-            assert rx[r] <= x < rx[r] + 1024 and ry[r] <= y < ry[r] + 1024
-        assert set(tiles.tile_region.tolist()) == set(tiles.region_id.tolist())
+            assert r == -1 or (rx[r] <= x < rx[r] + 1024 and ry[r] <= y < ry[r] + 1024)
+        assert set(tiles.tile_region.tolist()) - {-1} == set(tiles.region_id.tolist())
         # pixel truth from level 1 (4x): glass is light, tissue is stained
         truth = level1.min(axis=2) < 225
 
@@ -128,6 +128,31 @@ def test_grid_coordinates_regions_and_background_exclusion(slides):
         assert empty and not kept & set(empty), "background tiles must be excluded"
         for corner in ((0, 0), (1792, 0), (0, 1280), (1792, 1280)):  # the synthetic corners are glass
             assert corner not in kept
+        # regions hold tissue too: pixel truth over each kept region's part inside the slide
+        for x, y in zip(tiles.region_x.tolist(), tiles.region_y.tolist()):
+            assert truth[y // 4:(y + 1024) // 4, x // 4:(x + 1024) // 4].mean() > 0.3
+
+
+def test_regions_on_background_are_absent_even_when_a_tile_of_theirs_has_tissue():
+    """A 4x4-tile region whose only tissue is one tile is background: never planned, so never embedded."""
+    mask = np.zeros((16, 16), bool)  # 1 mask px = 64 level-0 px; the slide is 1024 x 1024 (4 x 4 tiles)
+    mask[0:4, 0:4] = True  # region (0, 0) of 512 px: only its first tile has tissue (1/4 of the region)
+    mask[8:16, 8:16] = True  # region (512, 512): all tissue
+    spec = TilingSpec(target_mpp=1.0, tile_px=128, region_px=256, min_tissue_fraction=0.5)
+    t = plan_tiles(width_l0=1024, height_l0=1024, mpp_l0=0.5, downsamples=(1.0,), mask=mask, mask_mpp=32.0,
+                   spec=spec)
+    assert sorted(zip(t.region_x.tolist(), t.region_y.tolist())) == [(512, 512)]
+    assert (t.region_tissue >= 0.5).all()
+    assert (0, 0) in set(zip(t.tile_x.tolist(), t.tile_y.tolist()))  # the tissue tile itself is kept
+    assert t.tile_region[(t.tile_x == 0) & (t.tile_y == 0)].tolist() == [-1]
+    assert set(t.tile_region.tolist()) - {-1} == set(t.region_id.tolist())
+
+
+def test_region_past_the_slide_edge_counts_tissue_over_its_part_inside():
+    mask = np.ones((10, 10), bool)  # all tissue; the slide (640 px) is smaller than one region (1024 px)
+    spec = TilingSpec(target_mpp=1.0, tile_px=128, region_px=512, min_tissue_fraction=0.5)
+    t = plan_tiles(width_l0=640, height_l0=640, mpp_l0=0.5, downsamples=(1.0,), mask=mask, mask_mpp=32.0, spec=spec)
+    assert len(t.region_x) == 1 and t.region_tissue[0] == pytest.approx(1.0)
 
 
 def test_plan_tiles_without_regions_and_with_min_fraction_zero():
