@@ -432,6 +432,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 # Modules that add their own subcommands: ``setup(sub)`` registers parsers (keep imports inside the run
 # functions so ``mmray --help`` stays fast).  One line per module keeps cli.py small.
 COMMAND_MODULES: tuple[str, ...] = (
+    "mmray.cli_explain",
+    "mmray.cli_view",
 )
 
 

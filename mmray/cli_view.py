@@ -1,0 +1,5 @@
+"""placeholder until the viewer lands."""
+
+
+def setup(sub) -> None:
+    pass
