@@ -441,6 +441,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 # functions so ``mmray --help`` stays fast).  One line per module keeps cli.py small.
 COMMAND_MODULES: tuple[str, ...] = (
     "mmray.cli_env",
+    "mmray.cli_explain",
 )
 
 

@@ -3,6 +3,8 @@
 Routes (see :mod:`mmray.serve.schemas` for the bodies)::
 
     POST /v1/predict   risk scores (+ survival curves) from one registered model
+    POST /v1/explain/{model}  the same body: risk, curve, modality and feature contributions per instance
+    POST /v1/fhir/{model}     a FHIR R4 Bundle (Patient + Observations) -> a RiskAssessment (mmray.serve.fhir)
     GET  /v1/models    servable models: name, version, features, metrics
     GET  /v1/stats     this replica's counters: requests, model loads (local_reloads: evicted models
                        unpickled from the replica's copy), hit rate, loaded models
@@ -153,6 +155,50 @@ def build_app(cfg: ServeConfig, *, tracking_uri: str):
             log.debug("predict model=%s v%s n=%d %.1f ms", name, slot.version, out["n"], ms)
             # plain floats and lists: skip FastAPI's jsonable_encoder walk
             return JSONResponse(out, headers={"Server-Timing": f"app;dur={ms:.2f}"})
+
+        async def _answer(self, route: str, request: Request, name: str, work, *, fhir: bool = False):
+            """Run ``work(body, slot)`` for ``name`` with /v1/predict's error mapping (FHIR: OperationOutcome)."""
+            from mmray.serve.fhir import operation_outcome
+
+            start = time.perf_counter()
+            try:
+                self._auth(request)
+                body = parse_body(await read_body(request, max_bytes=self.max_request_bytes))
+                name = model_id(name, {})
+                slot = await self._model(name)
+                self.requests += 1
+                out = await asyncio.to_thread(work, body, slot)
+            except ApiError as e:
+                log.info("%s model=%s status=%d error=%s", route, name, e.status, e.error)
+                headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+                return _json(e.status, operation_outcome(e) if fhir else e.body(), headers)
+            except RegistryError as e:
+                log.warning("%s model=%s status=503: %s", route, name, re.sub(r"://[^/@\s]+@", "://***@", str(e)))
+                err = ApiError(503, "registry_unavailable", "the model registry did not answer; retry later")
+                return _json(503, operation_outcome(err) if fhir else err.body(), {"Retry-After": "5"})
+            except Exception as e:  # noqa: BLE001  a bug: answer JSON, log where (not the message)
+                log.error("%s model=%s status=500 %s at %s", route, name, type(e).__name__, _where(e))
+                err = ApiError(500, "internal_error", f"{type(e).__name__}; see the replica log")
+                return _json(500, operation_outcome(err) if fhir else err.body())
+            ms = (time.perf_counter() - start) * 1000
+            log.debug("%s model=%s v%s %.1f ms", route, name, slot.version, ms)
+            return JSONResponse(out, headers={"Server-Timing": f"app;dur={ms:.2f}"},
+                                media_type="application/fhir+json" if fhir else None)
+
+        @api.post("/v1/explain/{name}")
+        async def explain(self, name: str, request: Request):
+            from mmray.serve.explain_api import explain_body
+
+            max_instances = self.max_instances
+            return await self._answer("explain", request, name, lambda body, slot: explain_body(
+                body, name=slot.name, version=slot.version, model=slot.model, max_instances=max_instances))
+
+        @api.post("/v1/fhir/{name}")
+        async def fhir(self, name: str, request: Request):
+            from mmray.serve.explain_api import fhir_body
+
+            return await self._answer("fhir", request, name, lambda body, slot: fhir_body(
+                body, name=slot.name, version=slot.version, model=slot.model), fhir=True)
 
         @api.get("/v1/models")
         async def models(self, request: Request):

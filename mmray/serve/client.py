@@ -14,6 +14,8 @@ server's JSON body (e.g. the missing feature names of a 422).
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import requests
 
 from mmray.errors import MmrayError
@@ -79,3 +81,23 @@ class MmrayClient:
             raise ServeError("give instances (a list of {feature: value}) or rows (lists in feature order)")
         body = {"instances": instances} if instances is not None else {"rows": rows}
         return self._call("POST", "/v1/predict", json=body, headers={MODEL_HEADER: model})
+
+    def explain(self, model: str, instances: list[dict], *, top_k: int = 10) -> dict:
+        """Per-instance risk, curve, modality and feature contributions (``POST /v1/explain/{model}``)."""
+        return self._call("POST", f"/v1/explain/{quote(model, safe='')}", json={"instances": instances,
+                                                                                "top_k": top_k},
+                          headers={MODEL_HEADER: model})
+
+    def fhir(self, model: str, bundle: dict) -> dict:
+        """A FHIR RiskAssessment for a Bundle of one Patient and its Observations (``POST /v1/fhir/{model}``);
+        an error's OperationOutcome diagnostics in the ServeError message."""
+        r_path = f"/v1/fhir/{quote(model, safe='')}"
+        try:
+            return self._call("POST", r_path, json=bundle, headers={MODEL_HEADER: model,
+                                                                     "Content-Type": "application/fhir+json"})
+        except ServeError as e:
+            issues = (e.body or {}).get("issue") or [{}]
+            if issues[0].get("diagnostics"):
+                raise ServeError(f"POST {r_path}: HTTP {e.status}: {issues[0]['diagnostics']}", status=e.status,
+                                 body=e.body) from None
+            raise
