@@ -99,8 +99,13 @@ def quiet_ray_consoles() -> None:
 
 
 def _is_console(handler: logging.Handler) -> bool:
-    # any stream but a file: MLflow writes through its own stream wrapper (MlflowLoggingStream), not stderr
-    return isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+    # a terminal stream, or MLflow's wrapper around stderr (MlflowLoggingStream); never pytest's capture
+    # handlers or a file
+    if not isinstance(handler, logging.StreamHandler) or isinstance(handler, logging.FileHandler):
+        return False
+    stream = getattr(handler, "stream", None)
+    return (stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+            or type(stream).__name__ == "MlflowLoggingStream")
 
 
 def log_file() -> str | None:
