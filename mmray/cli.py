@@ -447,6 +447,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mmray.cli_env",
     "mmray.cli_explain",
     "mmray.cli_federated",
+    "mmray.cli_view",
 )
 
 

@@ -54,6 +54,7 @@ class FederatedReport:
     mlflow_run_id: str | None = None
     registration: dict | None = None
     final: FoldFit | None = None
+    fits: list = field(default_factory=list)  # the CV folds' fits (weights, preprocessing, rounds)
 
     @property
     def exit_code(self) -> int:
@@ -169,7 +170,7 @@ def run_federated(cfg: FederatedConfig, *, on_receive: Callable | None = None,
             "folds": folds, "summary": summary, "config": to_dict(cfg), "config_hash": config_hash(cfg),
             "mmray_version": mmray.__version__, "final_best_round": final.best_round if final else None,
             "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-    report = FederatedReport(run, output, folds, rounds, summary, lineage, final=final)
+    report = FederatedReport(run, output, folds, rounds, summary, lineage, final=final, fits=fits)
     if final is not None and cfg.register.enabled:
         from mmray.train.federated_register import register_federated
 

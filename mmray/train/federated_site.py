@@ -103,6 +103,7 @@ class SiteData:
                 self._identifiers |= {str(s) for v in self.table[c].dropna() for s in v}
         self._rows: dict[int, dict] = {}
         self._setups: dict[str, dict] = {}
+        self._encoding: dict = {}
 
     # ------------------------------------------------------------ rows
     def _split(self, fold: int) -> dict:
@@ -129,39 +130,59 @@ class SiteData:
         return {"modalities": S.site_schema(fit, self.layout, modalities), "table_columns": list(map(str, fit.columns))}
 
     def _encoded(self, fold: int, modality: str, block, impute=None):
-        fit = self._split(fold)["fit"]
-        rows = self._present(fit, modality)
-        X = S.site_encode(fit, block, rows)
+        """This site's encoded fit rows of ``modality`` (cached per fold and encoding) and those rows."""
+        key = (fold, modality, repr((block.columns, block.levels_, block.dropped_)))
+        if key not in self._encoding:
+            if len(self._encoding) > 16:
+                self._encoding.clear()
+            fit = self._split(fold)["fit"]
+            rows = self._present(fit, modality)
+            self._encoding[key] = (S.site_encode(fit, block, rows), fit.loc[rows])
+        X, rows = self._encoding[key]
         if impute is not None:
             X = np.where(np.isnan(X), np.asarray(impute)[None, :], X)
-        return X, fit.loc[rows]
+        return X, rows
 
     @_answer
-    def prep_moments(self, *, fold: int, modality: str, block, impute) -> dict:
-        return S.site_moments(self._encoded(fold, modality, block, impute)[0])
+    def prep_moments(self, *, fold: int, blocks: dict, impute: dict | None) -> dict:
+        return {m: S.site_moments(self._encoded(fold, m, b, (impute or {}).get(m))[0]) for m, b in blocks.items()}
 
     @_answer
-    def prep_counts(self, *, fold: int, modality: str, block, thresholds, columns) -> np.ndarray:
-        return S.site_counts_le(self._encoded(fold, modality, block)[0], thresholds, columns)
+    def prep_counts(self, *, fold: int, blocks: dict, thresholds, columns) -> np.ndarray:
+        """Counts below thresholds; ``columns`` index the modalities' encoded columns one after the other."""
+        columns = np.asarray(columns, dtype=np.int64)
+        out = np.zeros(thresholds.shape, dtype=np.int64)
+        start = 0
+        for m, b in blocks.items():
+            X = self._encoded(fold, m, b)[0]
+            mine = (columns >= start) & (columns < start + X.shape[1])
+            if mine.any():
+                out[mine] = S.site_counts_le(X, thresholds[mine], columns[mine] - start)
+            start += X.shape[1]
+        return out
 
     @_answer
-    def prep_cox(self, *, fold: int, modality: str, block, support, mean, scale) -> dict:
-        X, rows = self._encoded(fold, modality, block, block.imputer_.statistics_)
-        return S.site_cox_parts(X[:, support], rows["time_days"].to_numpy(float),
-                                rows["event"].astype(bool).to_numpy(), mean=mean, scale=scale)
+    def prep_cox(self, *, fold: int, blocks: dict, support: dict, mean: dict, scale: dict) -> dict:
+        out = {}
+        for m, b in blocks.items():
+            X, rows = self._encoded(fold, m, b, b.imputer_.statistics_)
+            out[m] = S.site_cox_parts(X[:, support[m]], rows["time_days"].to_numpy(float),
+                                      rows["event"].astype(bool).to_numpy(), mean=mean[m], scale=scale[m])
+        return out
 
-    def _times(self, fold: int, which: str) -> np.ndarray:
+    def _times(self, fold: int) -> np.ndarray:
+        """``[n, 2]``: event times (NaN for censored rows) and every follow-up time of the fit rows."""
         fit = self._split(fold)["fit"]
         t = fit["time_days"].to_numpy(float)
-        return t[fit["event"].astype(bool).to_numpy()] if which == "event" else t
+        return np.column_stack([np.where(fit["event"].astype(bool).to_numpy(), t, np.nan), t])
 
     @_answer
     def time_moments(self, *, fold: int) -> dict:
-        return {w: S.site_moments(self._times(fold, w)[:, None]) for w in ("event", "all")}
+        return S.site_moments(self._times(fold))
 
     @_answer
-    def time_counts(self, *, fold: int, which: str, thresholds) -> np.ndarray:
-        return S.site_counts_le(self._times(fold, which)[:, None], thresholds, np.zeros(len(thresholds), int))
+    def time_counts(self, *, fold: int, thresholds, columns) -> np.ndarray:
+        return S.site_counts_le(self._times(fold), thresholds, columns)
 
     # ------------------------------------------------------------ model
     def _setup(self, fold: int, key: str, setup: dict) -> dict:

@@ -49,8 +49,8 @@ from mmray.models.losses import TimeBins
 from mmray.train.preprocess import MAX_LEVEL_FRACTION, ModalityLayout, Preprocessor, _Block
 
 Ask = Callable[..., list]
-K_THRESHOLDS = 64  # thresholds per column per bisection round: the bracket shrinks 64x a round
-MAX_ROUNDS = 12  # 64**12 > 2**72: past float64 resolution of any bracket
+K_THRESHOLDS = 128  # thresholds per column per bisection round: the bracket shrinks 128x a round
+MAX_ROUNDS = 10  # 128**10 > 2**70: past float64 resolution of any bracket
 
 
 # ------------------------------------------------------------------ site side
@@ -132,7 +132,7 @@ def order_stats(count_le: Callable[[np.ndarray], np.ndarray], ranks: np.ndarray,
     frac = np.arange(1, K_THRESHOLDS + 1) / K_THRESHOLDS
     for _ in range(MAX_ROUNDS):
         width = hi - lo
-        if np.all(width <= np.maximum(np.abs(hi), 1.0) * 1e-15):
+        if np.all(width <= np.maximum(np.abs(hi), 1.0) * 1e-13):
             break
         th = lo[:, None] + width[:, None] * frac[None, :]
         th[:, -1] = hi
@@ -174,11 +174,13 @@ class FederatedPreprocessing:
     """Fit a :class:`Preprocessor` over sites (module doc) through ``ask``.
 
     ``ask(method, **kwargs)`` calls ``method`` on every site with the same
-    keywords and returns their answers (a list).  Site methods used:
-    ``prep_schema(modalities)``, ``prep_moments(modality, block, impute)``,
-    ``prep_counts(modality, block, thresholds, columns)``,
-    ``prep_cox(modality, block, support, mean, scale)`` and, for the time
-    bins, ``time_moments()`` / ``time_counts(thresholds)``.
+    keywords and returns their answers (a list).  Every step asks about all
+    modalities at once (a handful of calls per fit).  Site methods used:
+    ``prep_schema(modalities)``, ``prep_moments(blocks, impute)``,
+    ``prep_counts(blocks, thresholds, columns)`` (``columns`` index the
+    modalities' encoded columns one after the other),
+    ``prep_cox(blocks, support, mean, scale)`` and, for the time bins,
+    ``time_moments()`` / ``time_counts(which, thresholds)``.
     """
 
     def __init__(self, ask: Ask, *, task: str, modalities: Sequence[str], layout: ModalityLayout | None = None,
@@ -194,26 +196,59 @@ class FederatedPreprocessing:
             raise DataError("federated training supports survival tasks (survival_discrete, survival_cox); "
                             "ANOVA screening of subtype labels is not federated")
         answers = self.ask("prep_schema", modalities=self.modalities)
-        schemas = [a["modalities"] for a in answers]
+        blocks, names, n_rows = {}, {}, {}
+        for m in self.modalities:
+            blocks[m], names[m], n_rows[m] = self._skeleton(m, [a["modalities"][m] for a in answers])
+        # medians of the raw encoded values (NaN skipped): one search over every modality's columns
+        parts = self.ask("prep_moments", blocks=blocks, impute=None)
+        raw = {m: combine_moments([p[m] for p in parts]) for m in self.modalities}
+        pooled = {k: np.concatenate([raw[m][k] for m in self.modalities]) for k in ("n", "mean", "m2")}
+
+        def count_le(th, rows):
+            return np.sum(self.ask("prep_counts", blocks=blocks, thresholds=th, columns=rows), axis=0)
+        med_all = np.nan_to_num(pooled_quantiles(count_le, pooled, [0.5])[:, 0], nan=0.0)
+        offsets = np.cumsum([0] + [len(names[m]) for m in self.modalities])
+        impute = {}
+        for i, m in enumerate(self.modalities):
+            med = med_all[offsets[i]:offsets[i + 1]]
+            imp = FoldImputer("median")
+            imp.statistics_, imp.n_features_in_, imp.fit_index_ = med, len(names[m]), None
+            blocks[m].imputer_ = imp
+            impute[m] = med
+        parts = self.ask("prep_moments", blocks=blocks, impute=impute)
+        moments = {m: combine_moments([p[m] for p in parts]) for m in self.modalities}
+        support, var = {}, {}
+        for m in self.modalities:
+            n = np.maximum(moments[m]["n"], 1)
+            var[m] = moments[m]["m2"] / n
+            support[m] = self._variance_filter(blocks[m], names[m], var[m], n_rows[m])
+        screened = [m for m in self.modalities if blocks[m].screen]
+        for m in self.modalities:
+            blocks[m].filter_ = None
+        if screened:
+            mean = {m: moments[m]["mean"][support[m]] for m in screened}
+            scale = {m: np.where(var[m][support[m]] > 0, np.sqrt(var[m][support[m]]), 1.0) for m in screened}
+            parts = self.ask("prep_cox", blocks={m: blocks[m] for m in screened},
+                             support={m: support[m] for m in screened}, mean=mean, scale=scale)
+            for m in screened:
+                U = np.sum([p[m]["u"] for p in parts], axis=0)
+                info = np.sum([p[m]["i"] for p in parts], axis=0)
+                with np.errstate(all="ignore"):
+                    z = np.where(info > 0, U / np.sqrt(info), 0.0)
+                kw = {k: (int(v) if k == "top_k" and v is not None else v) for k, v in dict(blocks[m].screen).items()}
+                blocks[m].filter_ = CorrelationFilter("cox", **kw).fit_scores(
+                    np.abs(z), 2 * stats.norm.sf(np.abs(z)), feature_names=[names[m][i] for i in support[m]])
+                support[m] = support[m][blocks[m].filter_.support_indices_]
+        for m in self.modalities:
+            self._scaler(blocks[m], names[m], support[m], moments[m]["mean"], var[m], n_rows[m])
         pre = Preprocessor(self.layout, task=self.task, modalities=self.modalities, top_k_var=self.top_k_var,
                            screen=self.screen)
-        pre.blocks_ = {}
-        for m in self.modalities:
-            pre.blocks_[m] = self._fit_block(m, [s[m] for s in schemas])
-        pre.modalities_ = self.modalities
-        seen = {}
-        for a in answers:
-            for c in a["table_columns"]:
-                seen.setdefault(c, None)
-        self.table_columns = list(seen)
+        pre.blocks_, pre.modalities_ = blocks, self.modalities
+        self.table_columns = list(dict.fromkeys(c for a in answers for c in a["table_columns"]))
         return pre
 
-    def _fit_block(self, m: str, schemas: list[dict]) -> _Block:
-        cols: dict[str, None] = {}
-        for s in schemas:
-            for c in s["columns"]:
-                cols.setdefault(c, None)
-        columns = list(cols)
+    def _skeleton(self, m: str, schemas: list[dict]) -> tuple[_Block, list[str], int]:
+        columns = list(dict.fromkeys(c for s in schemas for c in s["columns"]))
         n_rows = sum(s["n"] for s in schemas)
         if not columns:
             raise DataError(f"modality {m!r}: no site has columns for it")
@@ -232,43 +267,24 @@ class FederatedPreprocessing:
         block = skeleton(columns, levels, dropped, task=self.task)
         block.top_k_var, block.screen = self.top_k_var.get(m), self.screen.get(m)
         names = list(block._encode(pd.DataFrame(columns=columns), fitting=False).columns)
-        # medians of the raw encoded values (NaN skipped), then moments of the imputed values
-        raw = combine_moments(self.ask("prep_moments", modality=m, block=block, impute=None))
+        return block, names, n_rows
 
-        def count_le(th, rows):
-            parts = self.ask("prep_counts", modality=m, block=block, thresholds=th, columns=rows)
-            return np.sum(parts, axis=0)
-        med = pooled_quantiles(count_le, raw, [0.5])[:, 0]
-        med = np.nan_to_num(med, nan=0.0)
-        imp = FoldImputer("median")
-        imp.statistics_, imp.n_features_in_, imp.fit_index_ = med, len(names), None
-        block.imputer_ = imp
-        mom = combine_moments(self.ask("prep_moments", modality=m, block=block, impute=med))
-        n = np.maximum(mom["n"], 1)
-        var, mean = mom["m2"] / n, mom["mean"]
-        support = np.arange(len(names))
+    @staticmethod
+    def _variance_filter(block: _Block, names: list[str], var: np.ndarray, n_rows: int) -> np.ndarray:
         block.var_ = None
-        if block.top_k_var:
-            vt = VarianceTopK(int(block.top_k_var))
-            vt.n_features_in_, vt.n_samples_seen_, vt.fit_index_ = len(names), int(n_rows), None
-            vt.feature_names_in_ = np.asarray(names, dtype=object)
-            vt.variances_ = var
-            order = np.argsort(-var, kind="stable")[: min(vt.k, len(names))]
-            vt.support_indices_ = np.sort(order)
-            block.var_, support = vt, vt.support_indices_
-        block.filter_ = None
-        if block.screen:
-            scale = np.sqrt(var[support])
-            scale = np.where(scale > 0, scale, 1.0)
-            parts = self.ask("prep_cox", modality=m, block=block, support=support, mean=mean[support], scale=scale)
-            U = np.sum([p["u"] for p in parts], axis=0)
-            info = np.sum([p["i"] for p in parts], axis=0)
-            with np.errstate(all="ignore"):
-                z = np.where(info > 0, U / np.sqrt(info), 0.0)
-            kw = {k: (int(v) if k == "top_k" and v is not None else v) for k, v in dict(block.screen).items()}
-            block.filter_ = CorrelationFilter("cox", **kw).fit_scores(
-                np.abs(z), 2 * stats.norm.sf(np.abs(z)), feature_names=[names[i] for i in support])
-            support = support[block.filter_.support_indices_]
+        if not block.top_k_var:
+            return np.arange(len(names))
+        vt = VarianceTopK(int(block.top_k_var))
+        vt.n_features_in_, vt.n_samples_seen_, vt.fit_index_ = len(names), int(n_rows), None
+        vt.feature_names_in_ = np.asarray(names, dtype=object)
+        vt.variances_ = var
+        vt.support_indices_ = np.sort(np.argsort(-var, kind="stable")[: min(vt.k, len(names))])
+        block.var_ = vt
+        return vt.support_indices_
+
+    @staticmethod
+    def _scaler(block: _Block, names: list[str], support: np.ndarray, mean: np.ndarray, var: np.ndarray,
+                n_rows: int) -> None:
         sc = StandardScalerByGene()
         sc.n_features_in_, sc.n_samples_seen_, sc.fit_index_ = len(support), int(n_rows), None
         sc.feature_names_in_ = np.asarray([names[i] for i in support], dtype=object)
@@ -276,21 +292,19 @@ class FederatedPreprocessing:
         sc.mean_, sc.scale_ = mean[support], np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
         block.scaler_ = sc
         block.feature_names_ = [names[i] for i in support]
-        return block
 
     def time_bins(self, n_bins: int) -> TimeBins:
         """:meth:`TimeBins.fit` over every site's training rows (event-time quantiles, longest follow-up)."""
         if n_bins < 2:
             raise DataError(f"n_bins must be >= 2, got {n_bins}")
         parts = self.ask("time_moments")
-        ev = combine_moments([p["event"] for p in parts])
-        every = combine_moments([p["all"] for p in parts])
-        if ev["n"][0] < 1:
+        pooled = combine_moments([p for p in parts])  # column 0: event times, column 1: every time
+        if pooled["n"][0] < 1:
             raise DataError("no site has an event among its training rows: the time bins cannot be placed")
+        qs = list(np.linspace(0, 1, n_bins + 1)[1:-1]) + [1.0]
 
-        def counts(which):
-            return lambda th, rows: np.sum(self.ask("time_counts", which=which, thresholds=th), axis=0)
-        qs = np.linspace(0, 1, n_bins + 1)[1:-1]
-        cuts = np.unique(pooled_quantiles(counts("event"), ev, list(qs))[0])
-        longest = pooled_quantiles(counts("all"), every, [1.0])[0, 0]
-        return TimeBins(cuts_days=tuple(float(c) for c in cuts), max_days=float(longest))
+        def count_le(th, rows):
+            return np.sum(self.ask("time_counts", thresholds=th, columns=rows), axis=0)
+        q = pooled_quantiles(count_le, pooled, qs)
+        cuts = np.unique(q[0, :-1])
+        return TimeBins(cuts_days=tuple(float(c) for c in cuts), max_days=float(q[1, -1]))
