@@ -11,7 +11,7 @@ def setup(sub) -> None:
                                    "overlays: tissue, tumour probability, nucleus density, MIL attention, HEEC "
                                    "extremum locations; patient and slide pickers; each overlay exports as QuPath "
                                    "GeoJSON. Slide files are looked up on the server; the page sees store ids only.")
-    p.add_argument("--store", required=True, help="feature store (local path or s3://)")
+    p.add_argument("--store", default=None, help="feature store (local path or s3://; default: --env's store)")
     p.add_argument("--cohort", default=None, help="cohort.yaml: finds the slide files of a pseudonymised store "
                                                  "(with MMRAY_PSEUDONYM_KEY set, as at ingest)")
     p.add_argument("--train-run", default=None, help="train run whose attention / HEEC importances to show "
@@ -26,6 +26,9 @@ def run(args: argparse.Namespace) -> int:
 
     from mmray.report.viewer import viewer_data, viewer_server
 
+    if not args.store:
+        print("mmray view: error: give --store STORE (or --env NAME whose environment names a store)")
+        return 2
     data = viewer_data(args.store, cohort=args.cohort, train_run=args.train_run)
     n = len(data.slides())
     with viewer_server(data, host=args.host or "127.0.0.1", port=8000 if args.port is None else args.port) as (_, url):

@@ -185,5 +185,16 @@ def test_in_headless_chromium_tiles_arrive_and_an_overlay_toggles(viewer_store, 
             for target in (tmp_path / "viewer.png", SCREENSHOT):
                 if target:
                     Path(target).write_bytes(png)
+            # a location link (what `mmray explain` gives): that slide, the overlay on, zoomed to the box
+            from mmray.report.explain_data import viewer_link
+
+            x, y = (int(v) for v in data.tiles("PSN-slide1")[["x", "y"]].iloc[0])
+            link = viewer_link({"slide_id": "PSN-slide1", "x": x, "y": y, "size_l0": 256.0, "kind": "nuclei"})
+            browser.navigate(url.rstrip("/") + link)
+            browser.send("Page.reload")
+            browser.wait_for("window.mmray && window.mmray.slide === 'PSN-slide1' && window.mmray.focus "
+                             "&& window.mmray.overlays.nuclei.drawn > 0", what="the linked location")
+            zoom = browser.eval("window.mmrayViewer.viewport.getZoom()")
+            assert zoom > browser.eval("window.mmrayViewer.viewport.getHomeZoom()") * 1.5
         finally:
             browser.close()

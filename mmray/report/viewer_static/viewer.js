@@ -63,7 +63,7 @@
     return r.json();
   }
 
-  function fillSlides() {
+  function fillSlides(open = true) {
     const p = patients.find((q) => q.patient_id === $("patient").value);
     $("slide").innerHTML = "";
     (p ? p.slides : []).forEach((s) => {
@@ -71,7 +71,7 @@
       o.value = s.slide_id; o.textContent = s.slide_id + (s.readable ? "" : " (file not found)");
       o.disabled = !s.readable; $("slide").appendChild(o);
     });
-    openSlide();
+    if (open) openSlide();
   }
 
   async function loadOverlay(kind) {
@@ -134,10 +134,27 @@
         draw();
       });
     }
-    $("patient").addEventListener("change", fillSlides);
+    $("patient").addEventListener("change", () => fillSlides());
     $("slide").addEventListener("change", openSlide);
     $("opacity").addEventListener("input", draw);
-    fillSlides();
+    const link = new URLSearchParams(location.hash.slice(1));  // /#slide=..&x=..&y=..&size=..&overlay=..
+    const target = link.get("slide") && patients.find((p) => p.slides.some((s) => s.slide_id === link.get("slide")));
+    if (target) $("patient").value = target.patient_id;
+    fillSlides(!target);
+    if (target) {
+      $("slide").value = link.get("slide");
+      openSlide();
+      const kind = link.get("overlay"), cb = kind && $("ov-" + kind);
+      if (cb && !cb.disabled && !cb.checked) cb.click();
+      if (link.get("x") !== null) {
+        viewer.addOnceHandler("open", () => {
+          const x = +link.get("x"), y = +link.get("y"), s = +(link.get("size") || 256);
+          const r = viewer.world.getItemAt(0).imageToViewportRectangle(x - s, y - s, 3 * s, 3 * s);
+          viewer.viewport.fitBounds(r, true);
+          state.focus = { x, y, size: s };
+        });
+      }
+    }
     state.ready = true;
     status(patients.length ? `${patients.length} patient(s)` : "no slides in this store");
   }
