@@ -70,6 +70,9 @@ def viewer_store(tmp_path_factory):
     counts = rng.integers(5, 60, len(nuc))
     nuc["nucleus_x"] = [list(rng.uniform(0, TILE, c)) for c in counts]
     store.write_table("wsi_nuclei", nuc, kind="bag", bag_key="slide_id")
+    tum = tiles[["slide_id", "patient_id", "event_time", "scale", "x", "y"]].assign(
+        tumour_probability=rng.uniform(0, 1, len(tiles)))  # the tumour-tile filter's group, keyed like wsi_tiles
+    store.write_table("wsi_tumour", tum, kind="bag", bag_key="slide_id")
     run = root / "store" / "_results" / "train-1"
     run.mkdir(parents=True)
     att = tiles[tiles["slide_id"] == "PSN-slide0"][["slide_id", "x", "y", "size_l0"]].assign(
@@ -82,7 +85,7 @@ def viewer_store(tmp_path_factory):
         run / "summary.parquet")
     pd.DataFrame({"patient_id": ["PSN-patient0"], "fold": [0], "risk": [0.1]}).to_parquet(run / "predictions.parquet")
     (run / "results.json").write_text(json.dumps({"run": "train-1", "created_utc": "2026-01-01T00:00:00+00:00"}))
-    return ViewerData(store, uris=uris), nuc
+    return ViewerData(store, uris=uris), (nuc, tum)
 
 
 def _get(url: str):
@@ -109,12 +112,12 @@ def check_qupath_geojson(doc: dict) -> None:
 
 
 def test_routes_geojson_and_no_path_leaves(viewer_store):
-    data, nuc = viewer_store
+    data, (nuc, tum) = viewer_store
     with viewer_server(data, port=0) as (_, url):
         status, _, body = _get(url + "api/patients")
         info = json.loads(body)
         assert [p["patient_id"] for p in info["patients"]] == ["PSN-patient0", "PSN-patient1"]
-        assert info["overlays"] == {"tissue": True, "tumour": False, "nuclei": True, "attention": True,
+        assert info["overlays"] == {"tissue": True, "tumour": True, "nuclei": True, "attention": True,
                                     "extremum": False}
         for path in data.uris.values():  # the slide files stay on the server
             assert path.encode() not in body and Path(path).name.encode() not in body
@@ -134,6 +137,11 @@ def test_routes_geojson_and_no_path_leaves(viewer_store):
         got = sorted(f["properties"]["measurements"]["value"] for f in nuclei["features"])
         mine = nuc[nuc["slide_id"] == "PSN-slide0"]
         np.testing.assert_allclose(got, sorted(len(v) / area_mm2 for v in mine["nucleus_x"]))
+        tumour = json.loads(_get(url + "api/overlay/PSN-slide1/tumour")[2])
+        check_qupath_geojson(tumour)
+        mine = tum[tum["slide_id"] == "PSN-slide1"]
+        np.testing.assert_allclose(sorted(f["properties"]["measurements"]["value"] for f in tumour["features"]),
+                                   sorted(mine["tumour_probability"]))
         att = json.loads(_get(url + "api/overlay/PSN-slide0/attention")[2])
         check_qupath_geojson(att)
         assert sum(f["properties"]["measurements"]["value"] for f in att["features"]) == pytest.approx(1.0)
