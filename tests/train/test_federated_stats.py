@@ -39,6 +39,7 @@ def _site(name: str, table: pd.DataFrame) -> SiteData:
     s = SiteData.__new__(SiteData)
     s.name, s.task, s.modalities, s.layout = name, "survival_discrete", ("clinical", "expression"), ModalityLayout()
     s.table, s._identifiers, s._setups, s._encoding = table, set(table["patient_id"]), {}, {}
+    s.drop_rounds, s.drop_prob, s.seed = set(), 0.0, 0
     s._rows = {0: {"fit": table, "val": table.iloc[:0], "test": table.iloc[:0]}}
     return s
 
@@ -181,3 +182,24 @@ def test_correlation_filter_from_scores_matches_fit():
     fitted = CorrelationFilter("pearson", max_p=0.5, top_k=2).fit(X, y)
     again = CorrelationFilter("pearson", max_p=0.5, top_k=2).fit_scores(fitted.scores_, fitted.p_values_)
     np.testing.assert_array_equal(again.support_indices_, fitted.support_indices_)
+
+
+def test_fedprox_pulls_local_weights_towards_the_global_ones():
+    from mmray.train.epoch import TorchSpec
+
+    site = _site("A", _table(80, 9, prefix="A"))
+    fed = _fed([site], top_k_var={"expression": 10})
+    pre, bins = fed.fit(), fed.time_bins(3)
+    spec = TorchSpec(model="early_fusion", task="survival_discrete", modality_dims=pre.dims, n_out=bins.n_bins,
+                     bins=bins.to_dict(), batch_size=16)
+    torch.manual_seed(0)
+    glob = spec.build().state_dict()
+
+    def dist(mu):
+        site._setups.clear()
+        out = site.train_round(fold=0, rnd=0, key=f"mu{mu}", setup={"pre": pre, "spec": spec}, state=glob,
+                               local_epochs=3, mu=mu)
+        assert out["n_examples"] == 80 and np.isfinite(out["loss"])
+        return sum(float(((out["state"][k] - glob[k]) ** 2).sum()) for k in glob if glob[k].is_floating_point())
+    free, prox = dist(0.0), dist(5.0)
+    assert 0 < prox < 0.8 * free
