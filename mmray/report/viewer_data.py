@@ -12,7 +12,7 @@ Overlays (each only where the store has its data):
 * ``tissue``: the tissue tiles the WSI stage kept (``wsi_tiles``, 256-px scale);
 * ``tumour``: per-tile ``tumour_probability`` (a column of ``wsi_tiles`` or the
   ``wsi_tumour`` group);
-* ``nuclei``: nuclei per mm^2 of each segmented tile (``wsi_nuclei``);
+* ``nuclei``: nuclei per mm^2 of tissue in each segmented tile (``wsi_nuclei``'s ``density_per_mm2``);
 * ``attention``: the MIL attention the newest train run saved (``attention.parquet``);
 * ``extremum``: HEEC's important extremum features traced to the tile or
   region that gave each value (importances + ``wsi_patient`` coordinates),
@@ -179,11 +179,11 @@ class ViewerData:
         if n.empty:
             return []
         size = n["size_l0"].astype(float) if "size_l0" in n else pd.Series(256.0, index=n.index)
-        if "nuclei_per_mm2" in n:
-            density = n["nuclei_per_mm2"].astype(float)
-        else:
+        if "density_per_mm2" in n:  # the nuclei stage's own figure: nuclei per mm^2 of tissue in the tile
+            density = n["density_per_mm2"].astype(float)
+        else:  # per mm^2 of the tile
             count = n["nucleus_x"].map(lambda v: 0 if v is None else len(v)) if "nucleus_x" in n else n["n_nuclei"]
-            mpp = n["mpp"].astype(float) if "mpp" in n else 0.5
+            mpp = next((n[c].astype(float) for c in ("mpp_l0", "mpp") if c in n), 0.5)
             density = count / ((size * mpp / 1000.0) ** 2)
         frame = pd.DataFrame({"x": n["x"], "y": n["y"], "size_l0": size, "value": density})
         return self._tile_features(frame, "nuclei", "nuclei per mm^2")

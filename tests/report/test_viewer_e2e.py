@@ -59,6 +59,9 @@ def test_viewer_on_a_pseudonymised_store(tmp_path, monkeypatch):
             check_qupath_geojson(json.loads(doc))
             assert json.loads(doc)["features"], kind
             answers.append(doc)
+        got = sorted(f["properties"]["measurements"]["value"] for f in json.loads(doc)["features"])
+        want = data.store.read_bag("wsi_nuclei", sid)["density_per_mm2"].dropna()
+        assert got == pytest.approx(sorted(want.astype(float)))  # the nuclei stage's density, tile by tile
         for text in answers:  # no raw patient id, barcode, slide name or path reaches the browser
             assert not any(r.encode() in text for r in raw + paths)
     # without the cohort (and so without the key's manifest lookup) the files cannot be found: 404, no path
