@@ -30,8 +30,8 @@ def _add_address(p: argparse.ArgumentParser) -> None:
                    help="Ray cluster address (e.g. auto or ray://host:10001); default: start Ray locally")
 
 
-def init_ray(address: str | None, *, num_cpus: int | None = None) -> None:
-    """Connect to ``address`` or start an embedded local Ray (once per process)."""
+def init_ray(address: str | None, *, num_cpus: int | None = None, resources: dict | None = None) -> None:
+    """Connect to ``address`` or start an embedded local Ray (once per process; ``resources``: custom ones)."""
     import ray
 
     if ray.is_initialized():
@@ -40,7 +40,7 @@ def init_ray(address: str | None, *, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=num_cpus, resources=resources, include_dashboard=False, log_to_driver=False)
     import ray.data  # noqa: F401  (installs Ray Data's console handler now, so it can be quietened)
 
     logs.quiet_ray_consoles()
@@ -61,6 +61,8 @@ def _setup_synth(sub) -> Callable[[argparse.Namespace], int]:
     p.add_argument("--profile", choices=["tiny", "demo", "large"], default="tiny")
     p.add_argument("--corrupt", type=int, default=0, metavar="K",
                    help="write K deliberately broken inputs, listed in truth.json")
+    p.add_argument("--sites", type=int, default=0, metavar="N", help="also split it into N site cohorts by "
+                   "tissue source site, under OUT/sites/<name>/ (federated training)")
     _add_address(p)
     p.set_defaults(func=_run_synth)
     return _run_synth
@@ -75,6 +77,8 @@ def _run_synth(args: argparse.Namespace) -> int:
     result = write_cohort(args.out, patients=args.patients, seed=args.seed, profile=args.profile,
                           corrupt=args.corrupt)
     print(result.summary())
+    if args.sites:  # site cohorts for federated training (mmray.synth.sites)
+        print(importlib.import_module("mmray.synth.sites").split_sites_text(args.out, args.sites))
     return EXIT_OK
 
 
@@ -442,6 +446,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 COMMAND_MODULES: tuple[str, ...] = (
     "mmray.cli_env",
     "mmray.cli_explain",
+    "mmray.cli_federated",
+    "mmray.cli_view",
 )
 
 

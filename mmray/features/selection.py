@@ -140,6 +140,20 @@ def cox_score_z(X: np.ndarray, time: np.ndarray, event: np.ndarray) -> np.ndarra
     X = np.where(np.isfinite(X), X, np.nan_to_num(means)[None, :])
     sd = X.std(axis=0)
     X = (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    U, info = cox_score_parts(X, time, event)
+    with np.errstate(all="ignore"):
+        z = np.where(info > 0, U / np.sqrt(info), 0.0)
+    return z
+
+
+def cox_score_parts(X: np.ndarray, time: np.ndarray, event: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(U, I)`` per column of the univariate Cox score test at beta = 0 (Breslow ties), X without NaN.
+
+    The parts of :func:`cox_score_z`; sums of ``U`` and ``I`` over independent
+    strata (sites) give the site-stratified score test, whose risk sets never
+    span strata (federated screening, :mod:`mmray.train.federated_stats`).
+    """
+    X = np.asarray(X, dtype=np.float64)
     order = np.argsort(-time, kind="stable")  # descending: risk set of position i = positions <= last tie
     t, e, Xs = time[order], event[order], X[order]
     s1, s2 = np.cumsum(Xs, axis=0), np.cumsum(Xs**2, axis=0)
@@ -150,9 +164,7 @@ def cox_score_z(X: np.ndarray, time: np.ndarray, event: np.ndarray) -> np.ndarra
     var_r = np.maximum(s2[last] / n_risk - mean_r**2, 0.0)
     U = ((Xs - mean_r) * e[:, None]).sum(axis=0)
     info = (var_r * e[:, None]).sum(axis=0)
-    with np.errstate(all="ignore"):
-        z = np.where(info > 0, U / np.sqrt(info), 0.0)
-    return z
+    return U, info
 
 
 def _pearson(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -214,6 +226,18 @@ class CorrelationFilter(_Selector):
                 target = pd.Series(target).rank().to_numpy()
             r, p = _pearson(arr, target)
             self.scores_, self.p_values_ = np.abs(r), p
+        return self._select()
+
+    def fit_scores(self, scores, p_values, *, feature_names=None) -> CorrelationFilter:
+        """Fit from scores computed elsewhere (e.g. summed over federated sites): the selection rule of ``fit``."""
+        self.scores_ = np.asarray(scores, dtype=np.float64)
+        self.p_values_ = np.asarray(p_values, dtype=np.float64)
+        self.n_features_in_ = self.scores_.shape[0]
+        self.n_samples_seen_, self.fit_index_ = None, None
+        self.feature_names_in_ = None if feature_names is None else np.asarray(feature_names, dtype=object)
+        return self._select()
+
+    def _select(self) -> CorrelationFilter:
         passed = self.scores_ >= self.min_score
         if self.max_p is not None:
             passed &= self.p_values_ <= self.max_p

@@ -34,6 +34,7 @@ from mmray.report import coverage, inputs, performance, run_sections, signature_
 from mmray.report.paired_section import paired_section
 from mmray.report.bias import bias_sections
 from mmray.report.document import InputMissing, Section, error_note, missing_note, page
+from mmray.report.federated_section import federated_section, has_federated_run
 from mmray.report.leakage import leakage_sections
 from mmray.report.render import REPORTS_DIR, read_report
 from mmray.store import FeatureStore, fsio
@@ -145,6 +146,8 @@ def build_sections(store: FeatureStore, *, cohort: str | None = None,
         ("attention-heatmaps", "Slide heatmaps: attention",
          lambda: slide_sections.attention_section(store, need_run(), uris())),
     ]
+    if has_federated_run(store):  # a coordinator's store (mmray federated): its rounds and sites
+        specs.append(("federated", "Federated training across sites", lambda: federated_section(store)))
     if "timings" in extra:
         specs.append(("run", "Pipeline run: stages and timings", lambda: run_sections.run_section(extra)))
     if "serve" in extra:

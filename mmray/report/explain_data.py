@@ -158,4 +158,15 @@ def slide_links(store: FeatureStore, patient: str, effects: list[dict], *, model
             links += fn()
         except (DataError, OSError, KeyError, ValueError) as e:
             log.warning("explain: slide locations unavailable (%s: %s)", type(e).__name__, e)
+    for link in links:  # where `mmray view --store S` shows it: that slide, zoomed to the box, overlay on
+        link["viewer"] = viewer_link(link)
     return links
+
+
+def viewer_link(link: dict) -> str:
+    """The slide viewer's address of a location (relative to where ``mmray view`` serves)."""
+    from urllib.parse import urlencode
+
+    size = link.get("size_l0") or 256.0
+    return "/#" + urlencode({"slide": link["slide_id"], "x": int(link["x"]), "y": int(link["y"]),
+                             "size": int(size), "overlay": link["kind"]})
