@@ -198,11 +198,16 @@ def test_in_headless_chromium_tiles_arrive_and_an_overlay_toggles(viewer_store, 
 
             x, y = (int(v) for v in data.tiles("PSN-slide1")[["x", "y"]].iloc[0])
             link = viewer_link({"slide_id": "PSN-slide1", "x": x, "y": y, "size_l0": 256.0, "kind": "nuclei"})
-            browser.navigate(url.rstrip("/") + link)
-            browser.send("Page.reload")
-            browser.wait_for("window.mmray && window.mmray.slide === 'PSN-slide1' && window.mmray.focus "
-                             "&& window.mmray.overlays.nuclei.drawn > 0", what="the linked location")
-            zoom = browser.eval("window.mmrayViewer.viewport.getZoom()")
-            assert zoom > browser.eval("window.mmrayViewer.viewport.getHomeZoom()") * 1.5
+            linked = ("window.mmray && window.mmray.slide === 'PSN-slide1' && window.mmray.focus "
+                      "&& window.mmray.overlays.nuclei.drawn > 0")
+            # clicked while the viewer is open (a hash change) and opened fresh in a new page
+            for fresh in (False, True):
+                if fresh:
+                    browser.navigate("about:blank")
+                    browser.wait_for("location.href === 'about:blank'", what="the blank page")
+                browser.navigate(url.rstrip("/") + link)
+                browser.wait_for(linked, what=f"the linked location ({'fresh page' if fresh else 'hash change'})")
+                zoom = browser.eval("window.mmrayViewer.viewport.getZoom()")
+                assert zoom > browser.eval("window.mmrayViewer.viewport.getHomeZoom()") * 1.5
         finally:
             browser.close()

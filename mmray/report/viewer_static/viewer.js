@@ -108,6 +108,29 @@
     });
   }
 
+  // /#slide=..&x=..&y=..&size=..&overlay=..: open that slide, switch the overlay on, zoom to the box
+  function applyLink() {
+    const link = new URLSearchParams(location.hash.slice(1));
+    const target = link.get("slide") && patients.find((p) => p.slides.some((s) => s.slide_id === link.get("slide")));
+    if (!target) return null;
+    $("patient").value = target.patient_id;
+    fillSlides(false);
+    $("slide").value = link.get("slide");
+    state.focus = null;
+    if (link.get("x") !== null) {
+      viewer.addOnceHandler("open", () => {
+        const x = +link.get("x"), y = +link.get("y"), s = +(link.get("size") || 256);
+        const r = viewer.world.getItemAt(0).imageToViewportRectangle(x - s, y - s, 3 * s, 3 * s);
+        viewer.viewport.fitBounds(r, true);
+        state.focus = { x, y, size: s };
+      });
+    }
+    openSlide();
+    const kind = link.get("overlay"), cb = kind && $("ov-" + kind);
+    if (cb && !cb.disabled && !cb.checked) cb.click();
+    return target;
+  }
+
   async function init() {
     const info = await getJSON("/api/patients");
     patients = info.patients; available = info.overlays; labels = info.labels;
@@ -137,24 +160,10 @@
     $("patient").addEventListener("change", () => fillSlides());
     $("slide").addEventListener("change", openSlide);
     $("opacity").addEventListener("input", draw);
-    const link = new URLSearchParams(location.hash.slice(1));  // /#slide=..&x=..&y=..&size=..&overlay=..
-    const target = link.get("slide") && patients.find((p) => p.slides.some((s) => s.slide_id === link.get("slide")));
-    if (target) $("patient").value = target.patient_id;
-    fillSlides(!target);
-    if (target) {
-      $("slide").value = link.get("slide");
-      openSlide();
-      const kind = link.get("overlay"), cb = kind && $("ov-" + kind);
-      if (cb && !cb.disabled && !cb.checked) cb.click();
-      if (link.get("x") !== null) {
-        viewer.addOnceHandler("open", () => {
-          const x = +link.get("x"), y = +link.get("y"), s = +(link.get("size") || 256);
-          const r = viewer.world.getItemAt(0).imageToViewportRectangle(x - s, y - s, 3 * s, 3 * s);
-          viewer.viewport.fitBounds(r, true);
-          state.focus = { x, y, size: s };
-        });
-      }
-    }
+    const target = applyLink();
+    if (!target) fillSlides(true);
+    // a location link opened while the viewer is already showing (what `mmray explain` links to)
+    window.addEventListener("hashchange", applyLink);
     state.ready = true;
     status(patients.length ? `${patients.length} patient(s)` : "no slides in this store");
   }
