@@ -125,7 +125,7 @@ def annotated_fraction(polygons: list[list[np.ndarray]], *, x: np.ndarray, y: np
                        cells_per_tile: int = 8) -> np.ndarray:
     """(N,) fraction of each square (level-0 corner ``x, y``, side ``size``) inside the polygons (holes
     excluded, overlapping polygons counted once), on a raster of ``cells_per_tile`` cells per side."""
-    from skimage.draw import polygon as draw_polygon
+    from PIL import Image, ImageDraw
 
     from mmray.features.tissue import box_fractions
 
@@ -136,11 +136,12 @@ def annotated_fraction(polygons: list[list[np.ndarray]], *, x: np.ndarray, y: np
     w = int(np.ceil(max((x + size).max(), max(r[:, 0].max() for p in polygons for r in p)) / cell)) + 1
     h = int(np.ceil(max((y + size).max(), max(r[:, 1].max() for p in polygons for r in p)) / cell)) + 1
     union = np.zeros((h, w), bool)
-    for poly in polygons:
+    for poly in polygons:  # PIL's scanline fill: skimage.draw.polygon is O(area x vertices), far too slow here
         inside = np.zeros((h, w), bool)
         for ring in poly:  # even-odd: a hole toggles its cells back off
-            rr, cc = draw_polygon(ring[:, 1] / cell - 0.5, ring[:, 0] / cell - 0.5, shape=(h, w))
-            inside[rr, cc] ^= True
+            canvas = Image.new("1", (w, h), 0)
+            ImageDraw.Draw(canvas).polygon([(float(px) - 0.5, float(py) - 0.5) for px, py in ring / cell], fill=1)
+            inside ^= np.asarray(canvas, bool)
         union |= inside
     return box_fractions(union, x0=x / cell, y0=y / cell, size=float(np.median(size)) / cell)
 
