@@ -264,21 +264,29 @@ def _thin(y, x, r, *, gap: float) -> np.ndarray:
 def _plan_adenocarcinoma(plan: Plan, rng: np.random.Generator, *, n_nuclei: int, z: float) -> None:
     mpp, r_nuc = plan.mpp, plan.morph.nucleus_radius_um
     tumour_mm2 = plan.tissue_mm2 * plan.tumour_fraction
-    gy, gx = _sample_points(plan, rng, int(rng.poisson(55.0 * tumour_mm2)) + 1, where="tumour", margin=0.1)
+    crowding = max(1.0, n_nuclei / max(tumour_mm2, 1e-9) / _MORPH["adenocarcinoma"].density_per_mm2)
+    # denser tumours have more glands, not more crowded ones: nuclei in a ring stay countable
+    gy, gx = _sample_points(plan, rng, int(rng.poisson(55.0 * crowding * tumour_mm2)) + 1, where="tumour",
+                            margin=0.1)
     lumen_um = rng.uniform(8.0, 20.0, len(gy))
-    keep = _thin(gy, gx, (lumen_um + 2.4 * r_nuc + 4.0) / mpp, gap=6.0 / mpp)
+    rim_um = 4.6 * r_nuc + 1.0  # two layers of nuclei
+    keep = _thin(gy, gx, (lumen_um + rim_um + 1.0) / mpp, gap=6.0 / mpp)
     gy, gx, lumen_um = gy[keep], gx[keep], lumen_um[keep]
-    rim_um = 2.4 * r_nuc + 4.0
     aspect, gtheta, ones = rng.uniform(1.0, 1.35, len(gy)), rng.uniform(0, np.pi, len(gy)), np.ones(len(gy))
     plan.lumens = make_blobs(gy, gx, lumen_um / aspect / mpp, lumen_um / mpp, gtheta, ones)
     plan.glands = make_blobs(gy, gx, (lumen_um / aspect + rim_um) / mpp, (lumen_um + rim_um) / mpp, gtheta, ones)
-    # About 60% of nuclei line the glands, evenly spaced, shared out by circumference.
+    # About 60% of nuclei line the glands, shared out by circumference, evenly spaced in at most two layers
+    # (stratification): a layer holds one nucleus per ~2.1 radii of its circumference.
     circ = lumen_um * (1 + 1 / aspect)
+    per_layer = np.maximum(3, np.floor(np.pi * (lumen_um + 1.3 * r_nuc) * (1 + 1 / aspect) / (2.1 * r_nuc)))
+    per_layer = per_layer.astype(int)
     n_ring = np.floor(0.6 * n_nuclei * circ / max(circ.sum(), 1e-9) + rng.random(len(gy))).astype(int)
+    n_ring = np.minimum(n_ring, 2 * per_layer)
     gi = np.repeat(np.arange(len(gy)), n_ring)
     j = np.arange(gi.size) - np.repeat(np.cumsum(n_ring) - n_ring, n_ring)
-    phi = 2 * np.pi * (j + rng.uniform(-0.25, 0.25, gi.size)) / np.maximum(n_ring[gi], 1) + rng.uniform(0, 6.3)
-    depth = 1.3 * r_nuc + np.abs(rng.normal(0, 0.6 * r_nuc * np.exp(0.3 * z), gi.size))  # stratification
+    layer, slot = j // per_layer[gi], j % per_layer[gi]
+    phi = 2 * np.pi * (slot + 0.5 * layer + rng.uniform(-0.12, 0.12, gi.size)) / per_layer[gi] + rng.uniform(0, 6.3)
+    depth = (1.3 + 2.2 * layer) * r_nuc + rng.normal(0, 0.12 * r_nuc * np.exp(0.3 * z), gi.size)
     u = (lumen_um[gi] + depth) * np.cos(phi)  # gland frame, um
     v = (lumen_um[gi] / aspect[gi] + depth) * np.sin(phi)
     c, s = np.cos(gtheta[gi]), np.sin(gtheta[gi])
