@@ -85,9 +85,38 @@ def _otsu(values: np.ndarray) -> float:
     return float(threshold_otsu(values)) if values.size > 1 and values.min() < values.max() else float("inf")
 
 
+def _peaks(dist: np.ndarray, labels: np.ndarray, min_distance: int) -> np.ndarray:
+    """(K, 2) row/col of distance-map maxima at least ``min_distance`` apart (Chebyshev) within a component.
+
+    What skimage's ``peak_local_max(dist, min_distance=, labels=, exclude_border=False)`` finds, without its
+    per-component Python loop (a quarter of a tile's time): local maxima by one maximum filter, then, highest
+    first, every later maximum of the same component within ``min_distance`` of a kept one is dropped.  A
+    component whose maximum is shadowed by a higher neighbour gets its marker from the caller's fallback.
+    """
+    from scipy.spatial import cKDTree
+
+    size = 2 * min_distance + 1
+    local = (dist == ndi.maximum_filter(dist, size=size, mode="nearest")) & (labels > 0)
+    coords = np.argwhere(local)
+    if len(coords) < 2:
+        return coords
+    values, comp = dist[local], labels[local]
+    order = np.lexsort((coords[:, 1], coords[:, 0], -values))  # highest first, ties in reading order
+    coords, comp = coords[order], comp[order]
+    pairs = cKDTree(coords).query_pairs(min_distance, p=np.inf, output_type="ndarray")
+    pairs = np.sort(pairs[comp[pairs[:, 0]] == comp[pairs[:, 1]]], axis=1)
+    keep = np.ones(len(coords), bool)
+    if len(pairs):
+        pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+        starts = np.searchsorted(pairs[:, 0], np.arange(len(coords) + 1))
+        for i in range(len(coords)):
+            if keep[i]:
+                keep[pairs[starts[i]:starts[i + 1], 1]] = False
+    return coords[keep]
+
+
 def segment_nuclei(h: np.ndarray, *, mpp: float, params: NucleiParams = NucleiParams()) -> np.ndarray:
     """(H, W) int32 labels (0 background, 1..N nuclei) of a haematoxylin image at ``mpp`` um/px."""
-    from skimage.feature import peak_local_max
     from skimage.segmentation import watershed
 
     if not mpp > 0:
@@ -107,8 +136,7 @@ def segment_nuclei(h: np.ndarray, *, mpp: float, params: NucleiParams = NucleiPa
         cc[~mask] = 0
     dist = ndi.distance_transform_edt(mask).astype(np.float32)
     dist = ndi.gaussian_filter(dist, 0.5)  # one marker per plateau, not per pixel-grid ridge
-    peaks = peak_local_max(dist, min_distance=max(1, int(round(params.peak_distance_um / mpp))), labels=cc,
-                           exclude_border=False)
+    peaks = _peaks(dist, cc, max(1, int(round(params.peak_distance_um / mpp))))
     markers = np.zeros(h.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
     # components too thin for a distance peak still get one marker at their deepest pixel
