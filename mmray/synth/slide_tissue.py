@@ -53,9 +53,9 @@ class SiteStain:
 # vectors at "05"); any other site code gets a shift derived from its hash (site_stain).
 SITE_STAINS = {
     "05": SiteStain(h_od=(0.65, 0.70, 0.29), e_od=(0.05, 0.85, 0.30), gain=1.0),
-    "38": SiteStain(h_od=(0.52, 0.80, 0.27), e_od=(0.02, 0.80, 0.46), gain=1.2),  # purple H, orange E, dark
-    "44": SiteStain(h_od=(0.76, 0.62, 0.20), e_od=(0.11, 0.92, 0.20), gain=0.82),  # blue H, pink E, pale
-    "55": SiteStain(h_od=(0.60, 0.70, 0.40), e_od=(0.03, 0.76, 0.40), gain=1.1),
+    "38": SiteStain(h_od=(0.48, 0.82, 0.30), e_od=(0.00, 0.78, 0.52), gain=1.3),  # purple H, orange E, dark
+    "44": SiteStain(h_od=(0.80, 0.58, 0.16), e_od=(0.16, 0.95, 0.16), gain=0.75),  # blue H, pink E, pale
+    "55": SiteStain(h_od=(0.58, 0.68, 0.46), e_od=(0.02, 0.72, 0.48), gain=1.15),
 }
 
 

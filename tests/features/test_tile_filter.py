@@ -86,7 +86,8 @@ def test_pu_fit_never_sees_the_labels_of_the_slides_it_scores():
     X, y, labelled, slides, patient_of, annotated = _pu_data()
     seen: dict[int, np.ndarray] = {}
     fit = tf.fit_folds(X, labelled, slide=slides, patient_of=patient_of, annotated=annotated,
-                       cfg=tf.TileFilterConfig(folds=3), n_embedding=12, on_fit=lambda k, rows: seen.__setitem__(k, rows))
+                       cfg=tf.TileFilterConfig(folds=3), n_embedding=12,
+                       on_fit=lambda k, rows: seen.__setitem__(k, rows))
     assert fit.n_folds == 3 and set(seen) == {0, 1, 2}
     for slide, k in fit.fold_of_slide.items():
         rows = np.flatnonzero(slides == slide)
