@@ -73,6 +73,15 @@ def test_batched_macenko_equals_torchstain_on_each_tile(tiles):
         assert np.abs(got - want).max() <= 1
 
 
+def test_numpy_macenko_equals_the_torch_mapping(tiles):
+    ref = S.fit_params(S.tissue_pixels(tiles["05"]), method="macenko")
+    src = np.tile(S.fit_params(S.tissue_pixels(tiles["44"]), method="macenko"), (6, 1))
+    fast = S.normalise_numpy(tiles["44"], src, ref, method="macenko").astype(int)
+    with torch.inference_mode():
+        slow = S.normalise(torch.from_numpy(tiles["44"]), src, ref, method="macenko").numpy().astype(int)
+    assert np.abs(fast - slow).max() <= 1 and (fast != slow).mean() < 0.01
+
+
 def test_one_batch_mixes_slides_each_with_its_own_stain(tiles):
     ref = S.fit_params(S.tissue_pixels(tiles["05"]), method="macenko")
     stains = [S.fit_params(S.tissue_pixels(tiles[s]), method="macenko") for s in ("38", "44")]
