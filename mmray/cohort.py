@@ -35,7 +35,8 @@ from mmray.errors import ConfigError
 
 MODALITIES = ("wsi", "ct")
 MANIFEST_COLUMNS = ("patient_id", "modality", "path")
-# Optional columns: item_id, acquisition_date, mpp (a slide's level-0 micrometres per pixel, overriding the file's)
+# Optional columns: item_id, acquisition_date, mpp (a slide's level-0 micrometres per pixel, overriding the file's),
+# annotation (a slide's QuPath GeoJSON tumour annotation; relative to the manifest like path)
 
 
 def manifest_mpp(text) -> float | None:
@@ -138,6 +139,9 @@ class Cohort:
         df = read_manifest(path)
         base = uri.parent(path)
         df["path"] = [uri.resolve(p, relative_to=base) for p in df["path"]]
+        if "annotation" in df.columns:
+            df["annotation"] = [uri.resolve(a.strip(), relative_to=base) if a.strip() else ""
+                                for a in df["annotation"]]
         return df
 
     def modalities(self) -> list[str]:
@@ -236,6 +240,13 @@ def _check_manifest(path: str) -> list[tuple[str, str]]:
                 manifest_mpp(df["mpp"].iloc[i])
             except ValueError as e:
                 problems.append((where, str(e)))
+        note = str(df["annotation"].iloc[i]).strip() if "annotation" in df.columns else ""
+        if note and row.modality != "wsi":
+            problems.append((where, f"annotation {note!r} is given for a {row.modality} row; only slides (wsi) "
+                                    f"take a GeoJSON annotation: leave the cell empty"))
+        elif note and not uri.is_s3(note) and not Path(uri.resolve(note, relative_to=base)).exists():
+            problems.append((where, f"annotation not found: {uri.resolve(note, relative_to=base)} (paths are "
+                                    f"relative to the manifest's folder; leave the cell empty for no annotation)"))
         if not row.path:
             problems.append((where, "path is empty; give the slide file or DICOM folder"))
         elif not uri.is_s3(row.path):

@@ -85,9 +85,38 @@ def _otsu(values: np.ndarray) -> float:
     return float(threshold_otsu(values)) if values.size > 1 and values.min() < values.max() else float("inf")
 
 
+def _peaks(dist: np.ndarray, labels: np.ndarray, min_distance: int) -> np.ndarray:
+    """(K, 2) row/col of distance-map maxima at least ``min_distance`` apart (Chebyshev) within a component.
+
+    What skimage's ``peak_local_max(dist, min_distance=, labels=, exclude_border=False)`` finds, without its
+    per-component Python loop (a quarter of a tile's time): local maxima by one maximum filter, then, highest
+    first, every later maximum of the same component within ``min_distance`` of a kept one is dropped.  A
+    component whose maximum is shadowed by a higher neighbour gets its marker from the caller's fallback.
+    """
+    from scipy.spatial import cKDTree
+
+    size = 2 * min_distance + 1
+    local = (dist == ndi.maximum_filter(dist, size=size, mode="nearest")) & (labels > 0)
+    coords = np.argwhere(local)
+    if len(coords) < 2:
+        return coords
+    values, comp = dist[local], labels[local]
+    order = np.lexsort((coords[:, 1], coords[:, 0], -values))  # highest first, ties in reading order
+    coords, comp = coords[order], comp[order]
+    pairs = cKDTree(coords).query_pairs(min_distance, p=np.inf, output_type="ndarray")
+    pairs = np.sort(pairs[comp[pairs[:, 0]] == comp[pairs[:, 1]]], axis=1)
+    keep = np.ones(len(coords), bool)
+    if len(pairs):
+        pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+        starts = np.searchsorted(pairs[:, 0], np.arange(len(coords) + 1))
+        for i in range(len(coords)):
+            if keep[i]:
+                keep[pairs[starts[i]:starts[i + 1], 1]] = False
+    return coords[keep]
+
+
 def segment_nuclei(h: np.ndarray, *, mpp: float, params: NucleiParams = NucleiParams()) -> np.ndarray:
     """(H, W) int32 labels (0 background, 1..N nuclei) of a haematoxylin image at ``mpp`` um/px."""
-    from skimage.feature import peak_local_max
     from skimage.segmentation import watershed
 
     if not mpp > 0:
@@ -107,8 +136,7 @@ def segment_nuclei(h: np.ndarray, *, mpp: float, params: NucleiParams = NucleiPa
         cc[~mask] = 0
     dist = ndi.distance_transform_edt(mask).astype(np.float32)
     dist = ndi.gaussian_filter(dist, 0.5)  # one marker per plateau, not per pixel-grid ridge
-    peaks = peak_local_max(dist, min_distance=max(1, int(round(params.peak_distance_um / mpp))), labels=cc,
-                           exclude_border=False)
+    peaks = _peaks(dist, cc, max(1, int(round(params.peak_distance_um / mpp))))
     markers = np.zeros(h.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
     # components too thin for a distance peak still get one marker at their deepest pixel
@@ -127,24 +155,93 @@ def segment_nuclei(h: np.ndarray, *, mpp: float, params: NucleiParams = NucleiPa
     return remap[labels]
 
 
-def measure_nuclei(labels: np.ndarray, h: np.ndarray, *, mpp: float) -> np.ndarray:
-    """(N, 2 + len(MORPH)) float64: per nucleus ``y, x`` (pixels of the tile) then :data:`MORPH`."""
-    from skimage.measure import regionprops_table
+_PERIMETER_WEIGHTS = np.zeros(50)  # skimage.measure.perimeter's weights by neighbourhood code
+_PERIMETER_WEIGHTS[[5, 7, 15, 17, 25, 27]] = 1.0
+_PERIMETER_WEIGHTS[[21, 33]] = np.sqrt(2.0)
+_PERIMETER_WEIGHTS[[13, 23]] = (1.0 + np.sqrt(2.0)) / 2.0
 
+
+def _perimeters(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(perimeter (n + 1,), border mask)``: skimage's 4-neighbourhood perimeter of every label at once.
+
+    skimage measures each region on its own crop: a border pixel has a 4-neighbour outside the region, and
+    it weighs border pixels by which of their 8 neighbours are border pixels *of the same region*; the
+    shifted comparisons below do that for all labels in one pass over the image.
+    """
+    pad = np.pad(labels, 1)
+    core = pad[1:-1, 1:-1]
+    inner = (core > 0) & (pad[:-2, 1:-1] == core) & (pad[2:, 1:-1] == core) & (pad[1:-1, :-2] == core) \
+        & (pad[1:-1, 2:] == core)
+    border = (core > 0) & ~inner
+    bpad = np.pad(np.where(border, labels, 0), 1)
+    h, w = labels.shape
+    code = border.astype(np.int32)
+    for dy, dx, weight in ((-1, 0, 2), (1, 0, 2), (0, -1, 2), (0, 1, 2), (-1, -1, 10), (-1, 1, 10), (1, -1, 10),
+                           (1, 1, 10)):
+        code += weight * (bpad[1 + dy:1 + dy + h, 1 + dx:1 + dx + w] == core)
+    weights = _PERIMETER_WEIGHTS[np.where(border, code, 0)]
+    return np.bincount(labels[border], weights=weights[border], minlength=n + 1), border
+
+
+def _convex_areas(labels: np.ndarray, border: np.ndarray, n: int, areas: np.ndarray) -> np.ndarray:
+    """(n + 1,) pixels inside each region's convex hull, as skimage's ``area_convex`` counts them (hull of the
+    border pixels' diamond corners, grid points in or on the polygon)."""
+    from scipy.spatial import ConvexHull, QhullError
+    from skimage.measure import grid_points_in_poly
+
+    out = areas.astype(np.float64).copy()
+    diamond = np.array([[-0.5, 0.0], [0.5, 0.0], [0.0, -0.5], [0.0, 0.5]])
+    for i, sl in enumerate(ndi.find_objects(labels, max_label=n), start=1):
+        if sl is None:
+            continue
+        edge = border[sl] & (labels[sl] == i)
+        pts = (np.argwhere(edge)[:, None, :] + diamond).reshape(-1, 2)  # duplicates do not change a hull
+        try:
+            hull = ConvexHull(pts)
+        except QhullError:  # a line of pixels: its hull is itself
+            continue
+        shape = (sl[0].stop - sl[0].start, sl[1].stop - sl[1].start)
+        out[i] = float((grid_points_in_poly(shape, hull.points[hull.vertices], binarize=False) >= 1).sum())
+    return out
+
+
+def measure_nuclei(labels: np.ndarray, h: np.ndarray, *, mpp: float) -> np.ndarray:
+    """(N, 2 + len(MORPH)) float64: per nucleus ``y, x`` (pixels of the tile) then :data:`MORPH`.
+
+    The same values as skimage's ``regionprops_table`` (centroid, area, perimeter, eccentricity, solidity,
+    major/minor axis length), computed for all nuclei at once with bincounts over the label image instead
+    of region by region (regionprops' per-region Python was half of the nuclei stage's time); only the
+    convex hulls (solidity) loop over nuclei.
+    """
     n = int(labels.max())
     if n == 0:
         return np.zeros((0, 2 + len(MORPH)))
-    props = regionprops_table(labels, properties=("label", "centroid", "area", "perimeter", "eccentricity",
-                                                  "solidity", "axis_major_length", "axis_minor_length"))
-    index = props["label"]
-    lap = np.abs(ndi.laplace(h))
-    h_mean = ndi.mean(h, labels, index)
-    h_sd = np.sqrt(np.maximum(ndi.mean(h * h, labels, index) - h_mean**2, 0.0))
-    texture = ndi.mean(lap, labels, index)
-    return np.column_stack([props["centroid-0"], props["centroid-1"], props["area"] * mpp * mpp,
-                            props["perimeter"] * mpp, props["eccentricity"], props["solidity"],
-                            props["axis_major_length"] * mpp, props["axis_minor_length"] * mpp, h_mean, h_sd,
-                            texture])
+    fg = np.flatnonzero(labels.ravel())  # nuclei cover a small part of a tile: work on their pixels only
+    flat = labels.ravel()[fg]
+    rows, cols = np.divmod(fg, labels.shape[1])
+    rows, cols = rows.astype(np.float64), cols.astype(np.float64)
+    area = np.bincount(flat, minlength=n + 1).astype(np.float64)
+    present = np.flatnonzero(area > 0)
+    present = present[present > 0]
+
+    def mean(values):
+        return np.bincount(flat, weights=values, minlength=n + 1) / np.maximum(area, 1)
+
+    cy, cx = mean(rows), mean(cols)
+    var_r, var_c = mean(rows * rows) - cy**2, mean(cols * cols) - cx**2
+    cov = mean(rows * cols) - cy * cx
+    half_tr, det = (var_r + var_c) / 2, np.sqrt(np.maximum(((var_r - var_c) / 2) ** 2 + cov**2, 0))
+    l1, l2 = half_tr + det, np.maximum(half_tr - det, 0)
+    ecc = np.sqrt(np.clip(1 - np.divide(l2, l1, out=np.ones_like(l1), where=l1 > 0), 0, 1))
+    perim, border = _perimeters(labels, n)
+    solidity = area / np.maximum(_convex_areas(labels, border, n, area), 1)
+    hv = h.ravel()[fg].astype(np.float64)
+    h_mean = mean(hv)
+    h_sd = np.sqrt(np.maximum(mean(hv * hv) - h_mean**2, 0.0))
+    texture = mean(np.abs(ndi.laplace(h)).ravel()[fg].astype(np.float64))
+    i = present
+    return np.column_stack([cy[i], cx[i], area[i] * mpp * mpp, perim[i] * mpp, ecc[i], solidity[i],
+                            4 * np.sqrt(l1[i]) * mpp, 4 * np.sqrt(l2[i]) * mpp, h_mean[i], h_sd[i], texture[i]])
 
 
 def nuclei_of_tile(rgb: np.ndarray, *, mpp: float, params: NucleiParams = NucleiParams()):

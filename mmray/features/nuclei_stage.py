@@ -29,7 +29,8 @@ import pyarrow as pa
 from mmray.errors import InputError
 from mmray.features.nuclei import NucleiParams, clump_counts, nuclei_of_tile
 from mmray.features.nuclei_graph import TILE_FEATURES, tile_features
-from mmray.features.tile_pipeline import Source, plan_columns
+from mmray.features.stain import normalise_numpy
+from mmray.features.tile_pipeline import SLIDE_KEYS, Source, plan_columns, slide_items
 from mmray.features.tiling import PlanLimits, TilingSpec, read_plan, read_tile
 from mmray.ingest import slide_resolution, slide_source
 
@@ -83,7 +84,7 @@ def plan_nuclei_batch(batch: dict[str, np.ndarray], *, spec: TilingSpec, source:
     its ``error``."""
     parts = []
     for i in range(len(batch["slide_id"])):
-        slide = {k: batch[k][i] for k in ("slide_id", "patient_id", "event_time", "uri", "mpp") if k in batch}
+        slide = {k: batch[k][i] for k in SLIDE_KEYS if k in batch}
         cols = plan_columns(slide, spec=spec, source=source, limits=limits)
         mpp_l0 = np.nan
         if not cols["error"][0]:
@@ -104,11 +105,16 @@ def plan_nuclei_batch(batch: dict[str, np.ndarray], *, spec: TilingSpec, source:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def _tile_row(handle, *, x: int, y: int, size_l0: int, mpp_l0: float, cfg: NucleiConfig):
-    """``(features, tissue_mm2, centroids (N, 2) level-0 x/y, areas um2)`` of one tile."""
+def _tile_row(handle, *, x: int, y: int, size_l0: int, mpp_l0: float, cfg: NucleiConfig,
+              stain: dict | None = None, slide_stain: np.ndarray | None = None):
+    """``(features, tissue_mm2, centroids (N, 2) level-0 x/y, areas um2)`` of one tile; with ``stain``
+    (``{method, reference, io, beta}``) the tile is first normalised from its slide's ``slide_stain``."""
     out_px = max(16, int(round(size_l0 * mpp_l0 / cfg.target_mpp)))
     level, read_px = read_plan(handle.level_downsamples, extent_l0=size_l0, out_px=out_px)
     rgb = read_tile(handle, x=x, y=y, level=level, read_px=read_px, out_px=out_px)
+    if stain and slide_stain is not None:
+        rgb = normalise_numpy(rgb[None], slide_stain[None], stain["reference"], method=stain["method"],
+                              io=stain["io"], beta=stain["beta"])[0]
     mpp = size_l0 * mpp_l0 / out_px  # the exact resolution of what was segmented
     nuc, tissue = nuclei_of_tile(rgb, mpp=mpp, params=cfg.segmentation)
     tissue_mm2 = tissue * (out_px * mpp / 1000.0) ** 2
@@ -120,8 +126,10 @@ def _tile_row(handle, *, x: int, y: int, size_l0: int, mpp_l0: float, cfg: Nucle
     return feats, tissue_mm2, np.column_stack([cx, cy]), nuc[:, 2].astype(np.float32)
 
 
-def nuclei_batch(batch: dict[str, np.ndarray], *, cfg: NucleiConfig, source: Source, progress=None) -> pa.Table:
-    """Ray Data stage: planned tiles -> one Arrow row per tile (see :func:`output_schema`)."""
+def nuclei_batch(batch: dict[str, np.ndarray], *, cfg: NucleiConfig, source: Source, progress=None,
+                 stain: dict | None = None) -> pa.Table:
+    """Ray Data stage: planned tiles -> one Arrow row per tile; ``stain``: normalise each tile from its
+    row's ``stain`` (the slide's) to the reference first."""
     n = len(batch["x"])
     errors = np.asarray(batch["error"], dtype=object).copy()
     feats = np.full((n, len(TILE_FEATURES)), np.nan)
@@ -137,7 +145,9 @@ def nuclei_batch(batch: dict[str, np.ndarray], *, cfg: NucleiConfig, source: Sou
         try:
             f, tissue[i], c, a = _tile_row(source.handle(uri), x=int(batch["x"][i]), y=int(batch["y"][i]),
                                            size_l0=int(batch["size_l0"][i]), mpp_l0=float(batch["mpp_l0"][i]),
-                                           cfg=cfg)
+                                           cfg=cfg, stain=stain,
+                                           slide_stain=np.asarray(batch["stain"][i], np.float32)
+                                           if stain and "stain" in batch else None)
             feats[i], cx[i], cy[i], areas[i] = f, c[:, 0].tolist(), c[:, 1].tolist(), a.tolist()
         except InputError as e:
             errors[i] = str(e)
@@ -171,17 +181,19 @@ def nuclei_batch(batch: dict[str, np.ndarray], *, cfg: NucleiConfig, source: Sou
 
 
 def nuclei_dataset(slides: list[dict], *, spec: TilingSpec, cfg: NucleiConfig, source: Source,
-                   limits: PlanLimits = PlanLimits(), progress=None, resources: dict[str, float] | None = None):
+                   limits: PlanLimits = PlanLimits(), progress=None, resources: dict[str, float] | None = None,
+                   stain: dict | None = None):
     """Rows of :func:`nuclei_batch` for ``slides`` (dicts like :func:`mmray.features.tile_pipeline.tile_dataset`
     takes); a lazy ``ray.data.Dataset``."""
     import ray.data
 
-    items = [{**s, "mpp": np.nan if s.get("mpp") is None else float(s["mpp"])} for s in slides]
+    items = slide_items(slides)
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     ds = ds.map_batches(plan_nuclei_batch, batch_size=1, batch_format="numpy",
                         fn_kwargs={"spec": spec, "source": source, "cfg": cfg, "limits": limits,
                                    "progress": progress})
     ds = ds.repartition(target_num_rows_per_block=cfg.batch_size)
     return ds.map_batches(nuclei_batch, batch_size=cfg.batch_size, batch_format="numpy",
-                          fn_kwargs={"cfg": cfg, "source": source, "progress": progress}, num_cpus=cfg.num_cpus,
+                          fn_kwargs={"cfg": cfg, "source": source, "progress": progress, "stain": stain},
+                          num_cpus=cfg.num_cpus,
                           concurrency=cfg.concurrency, resources=resources or None)

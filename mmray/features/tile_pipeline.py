@@ -78,8 +78,11 @@ class Source:
 
 
 def _columns(slide: dict, *, n: int, **cols) -> dict[str, np.ndarray]:
-    """Column arrays for ``n`` rows of ``slide``: its keys repeated, plus ``cols`` (scalars broadcast)."""
+    """Column arrays for ``n`` rows of ``slide``: its keys repeated (and its ``stain`` vector, when it has
+    one), plus ``cols`` (scalars broadcast)."""
     out = {k: np.full(n, slide[k], dtype=object) for k in ("slide_id", "patient_id", "event_time", "uri")}
+    if slide.get("stain") is not None:
+        out["stain"] = np.tile(np.asarray(slide["stain"], np.float32), (n, 1))
     for k, v in cols.items():
         out[k] = np.full(n, v, dtype=object if isinstance(v, str) else None) if np.isscalar(v) else np.asarray(v)
     return out
@@ -131,13 +134,36 @@ def plan_columns(slide: dict, *, spec: TilingSpec, source: Source,
                     tissue_fraction=np.r_[t.region_tissue, t.tile_tissue].astype(np.float64), error="")
 
 
+SLIDE_KEYS = ("slide_id", "patient_id", "event_time", "uri", "mpp", "stain")
+
+
+def probe_rows(slide_id: str, scale: np.ndarray, *, n: int, seed: int = 0) -> np.ndarray:
+    """(N,) bool: a seeded choice of ``n`` of the slide's tiles (rows whose ``scale`` is ``tile``)."""
+    import hashlib
+
+    out = np.zeros(len(scale), bool)
+    tiles = np.flatnonzero(scale == "tile")
+    if n <= 0 or tiles.size == 0:
+        return out
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(f"probe:{seed}:{slide_id}".encode()).digest()[:8],
+                                               "little"))
+    out[rng.choice(tiles, size=min(n, tiles.size), replace=False)] = True
+    return out
+
+
 def plan_batch(batch: dict[str, np.ndarray], *, spec: TilingSpec, source: Source, limits: PlanLimits = PlanLimits(),
-               progress=None):
-    """Ray Data stage: a batch of slides -> the rows of all their tiles and regions (see :func:`plan_columns`)."""
+               progress=None, probe_tiles: int = 0):
+    """Ray Data stage: a batch of slides -> the rows of all their tiles and regions (see :func:`plan_columns`).
+
+    Slides with a ``stain`` get a ``probe`` column: ``probe_tiles`` tiles per slide that the encoder also
+    embeds without stain normalisation (the site-signature check compares the two).
+    """
     parts = []
     for i in range(len(batch["slide_id"])):
-        slide = {k: batch[k][i] for k in ("slide_id", "patient_id", "event_time", "uri", "mpp") if k in batch}
+        slide = {k: batch[k][i] for k in SLIDE_KEYS if k in batch}
         parts.append(plan_columns(slide, spec=spec, source=source, limits=limits))
+        if "stain" in slide:
+            parts[-1]["probe"] = probe_rows(str(slide["slide_id"]), parts[-1]["scale"], n=probe_tiles)
         if progress is not None:
             error = parts[-1]["error"][0]  # a failed slide is one row, its error
             progress.planned.remote(slide["slide_id"], 0 if error else len(parts[-1]["x"]), error)
@@ -169,6 +195,7 @@ def read_pixels(batch: dict[str, np.ndarray], *, canvas_px: int, source: Source)
         if errors[i]:
             dead[uri] = errors[i]
     out = {k: batch[k] for k in META if k != "error"}
+    out.update({k: batch[k] for k in ("stain", "probe") if k in batch})
     out["error"] = errors
     out["pixels"] = pixels
     return out
@@ -185,7 +212,8 @@ class TileEncoder:
     """
 
     def __init__(self, spec: EncoderSpec, *, device: str = "auto", precision: str = "bf16",
-                 channels_last: bool = True, cpu_threads: int | None = None, progress=None):
+                 channels_last: bool = True, cpu_threads: int | None = None, progress=None,
+                 stain: dict | None = None):
         import torch
 
         from mmray.features.encoders import build_model
@@ -209,15 +237,23 @@ class TileEncoder:
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255.0
         self.inv_std = 1.0 / (torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255.0)
         self.progress = progress
+        self.stain = stain  # {method, reference, io, beta}: normalise each row with its slide's ``stain``
 
-    def embed(self, pixels: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) uint8 -> (N, dim) float32."""
+    def embed(self, pixels: np.ndarray, *, stain: np.ndarray | None = None) -> np.ndarray:
+        """(N, H, W, 3) uint8 -> (N, dim) float32; ``stain`` (N, P): each tile's slide stain, normalised on the
+        device to ``self.stain``'s reference (:func:`mmray.features.stain.normalise`)."""
         import torch
         import torch.nn.functional as F
 
         size = (self.input_px, self.input_px)
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
+            if stain is not None and self.stain:
+                from mmray.features.stain import normalise
+
+                x = normalise(x, torch.from_numpy(np.asarray(stain, np.float32)).to(self.device),
+                              self.stain["reference"], method=self.stain["method"], io=self.stain["io"],
+                              beta=self.stain["beta"])
             x = x.permute(0, 3, 1, 2)  # (N, 3, H, W), channels-last strides
             resize = tuple(x.shape[-2:]) != size
             if resize and self.device.type == "cpu":  # torch's uint8 antialiased resize is ~20x the float one
@@ -235,8 +271,10 @@ class TileEncoder:
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         ok = np.array([not e for e in batch["error"]], bool)
         emb = np.zeros((len(ok), self.dim), np.float32)
+        stain = np.asarray(list(batch["stain"]), np.float32) if self.stain and "stain" in batch else None
+        probe = ok & np.asarray(batch["probe"], bool) if stain is not None and "probe" in batch else None
         if ok.any():
-            emb[ok] = self.embed(batch["pixels"][ok])
+            emb[ok] = self.embed(batch["pixels"][ok], stain=None if stain is None else stain[ok])
         if self.progress is not None:  # one fire-and-forget call per batch: {slide: [encoded, failed rows]}
             self.progress.encoded.remote(_per_slide(batch["slide_id"], ok))
         cols = {k: pa.array(list(batch[k]) if batch[k].dtype == object else batch[k]).cast(t)
@@ -245,6 +283,13 @@ class TileEncoder:
         flat = pa.array(emb.ravel(), pa.float32())
         offsets = pa.array(np.arange(len(ok) + 1, dtype=np.int32) * self.dim)
         cols["embedding"] = pa.ListArray.from_arrays(offsets, flat, mask=pa.array(~ok))
+        if self.stain:  # probe tiles embedded as read too: the site-signature check's "before normalisation"
+            raw = np.zeros_like(emb)
+            if probe is not None and probe.any():
+                raw[probe] = self.embed(batch["pixels"][probe])
+            has = probe if probe is not None else np.zeros(len(ok), bool)
+            cols["embedding_raw"] = pa.ListArray.from_arrays(offsets, pa.array(raw.ravel(), pa.float32()),
+                                                             mask=pa.array(~has))
         return pa.table(cols)
 
 
@@ -257,7 +302,8 @@ def _per_slide(slide_ids: np.ndarray, ok: np.ndarray) -> dict[str, list[int]]:
 
 
 def tile_dataset(slides: list[dict], *, spec: TilingSpec, read: ReadConfig, source: Source,
-                 limits: PlanLimits = PlanLimits(), progress=None, resources: dict[str, float] | None = None):
+                 limits: PlanLimits = PlanLimits(), progress=None, resources: dict[str, float] | None = None,
+                 probe_tiles: int = 0):
     """Rows of tiles and regions with ``pixels`` (lazy ``ray.data.Dataset``).
 
     ``slides``: dicts with slide_id, patient_id, event_time, uri and optionally ``mpp`` (level-0 um/px
@@ -266,11 +312,10 @@ def tile_dataset(slides: list[dict], *, spec: TilingSpec, read: ReadConfig, sour
     """
     import ray.data
 
-    # mpp as a float column in every block (NaN: the file's), so Arrow never sees a null-typed one
-    items = [{**s, "mpp": np.nan if s.get("mpp") is None else float(s["mpp"])} for s in slides]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    ds = ray.data.from_items(slide_items(slides), override_num_blocks=max(1, len(slides)))
     ds = ds.map_batches(plan_batch, batch_size=1, batch_format="numpy",
-                        fn_kwargs={"spec": spec, "source": source, "limits": limits, "progress": progress})
+                        fn_kwargs={"spec": spec, "source": source, "limits": limits, "progress": progress,
+                                   "probe_tiles": probe_tiles})
     # A slide's coordinates would be one block; cutting them into read-batch-sized blocks (streaming, no
     # shuffle; Ray fuses this into the planning tasks) lets many read tasks share one slide.
     ds = ds.repartition(target_num_rows_per_block=read.batch_size)
@@ -279,6 +324,13 @@ def tile_dataset(slides: list[dict], *, spec: TilingSpec, read: ReadConfig, sour
     return ds.map_batches(read_pixels, batch_size=read.batch_size, batch_format="numpy",
                           fn_kwargs={"canvas_px": spec.tile_px, "source": source}, num_cpus=read.num_cpus,
                           memory=read.memory_mb * 2**20, concurrency=read.concurrency, resources=resources or None)
+
+
+def slide_items(slides: list[dict]) -> list[dict]:
+    """The rows a pipeline starts from: the :data:`SLIDE_KEYS` of each slide, with ``mpp`` a float (NaN: the
+    file's), so Arrow never sees a null-typed column."""
+    return [{**{k: s[k] for k in SLIDE_KEYS if s.get(k) is not None},
+             "mpp": np.nan if s.get("mpp") is None else float(s["mpp"])} for s in slides]
 
 
 @contextlib.contextmanager
@@ -332,21 +384,25 @@ def pool_size(cfg: EncoderConfig, *, gpu: bool) -> int:
 def embedding_dataset(slides: list[dict], *, spec: TilingSpec, read: ReadConfig, source: Source,
                       encoder: EncoderSpec, cfg: EncoderConfig, limits: PlanLimits = PlanLimits(), progress=None,
                       read_resources: dict[str, float] | None = None,
-                      encoder_resources: dict[str, float] | None = None):
+                      encoder_resources: dict[str, float] | None = None, stain: dict | None = None,
+                      probe_tiles: int = 0):
     """:func:`tile_dataset` followed by the encoder actor pool (lazy ``ray.data.Dataset``).
 
     ``encoder_resources``: custom Ray resources per encoder actor (e.g. ``{"wsi_gpu": 0.25}``).
     ``progress``: a :class:`mmray.features.tile_progress.ProgressHandle`; planning tasks and the encoder
-    actors report to it.
+    actors report to it. ``stain``: ``{method, reference, io, beta}`` when the slides carry a ``stain``
+    (:mod:`mmray.ingest.wsi_stain`): the encoder actors normalise on their device, and embed
+    ``probe_tiles`` tiles per slide also as read (column ``embedding_raw``).
     """
     import ray.data
 
     gpu = use_gpu(cfg)
     ds = tile_dataset(slides, spec=spec, read=read, source=source, limits=limits, progress=progress,
-                      resources=read_resources)
+                      resources=read_resources, probe_tiles=probe_tiles if stain else 0)
     kwargs = {"spec": encoder, "device": "cuda" if gpu else "cpu", "precision": cfg.precision,
               "channels_last": cfg.channels_last,
-              "cpu_threads": cfg.cpu_threads or max(1, int(round(cfg.num_cpus_per_actor))), "progress": progress}
+              "cpu_threads": cfg.cpu_threads or max(1, int(round(cfg.num_cpus_per_actor))), "progress": progress,
+              "stain": stain}
     return ds.map_batches(TileEncoder, fn_constructor_kwargs=kwargs, batch_size=cfg.batch_size,
                           batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=pool_size(cfg, gpu=gpu)),
                           num_gpus=cfg.num_gpus_per_actor if gpu else 0, num_cpus=cfg.num_cpus_per_actor,

@@ -33,7 +33,8 @@ from mmray import uri as uri_mod
 MIN_LENGTH = 6
 # Folder names that say what a folder holds, not whom: not identifiers.
 GENERIC_FOLDERS = frozenset({"slides", "images", "dicom", "series", "studies", "radiology", "pathology",
-                             "genomics", "tables", "clinical", "cohort", "cohorts", "data", "input", "inputs"})
+                             "genomics", "tables", "clinical", "cohort", "cohorts", "data", "input", "inputs",
+                             "annotations"})
 _DICOM_UID_TAGS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
 _DICOM_PHI_TAGS = ("PatientName", "PatientID", "OtherPatientIDs", "AccessionNumber", "StudyID",
                    "ReferringPhysicianName", "InstitutionName", "InstitutionAddress", "PatientAddress")
@@ -95,6 +96,11 @@ def cohort_identifiers(cohort_path: str | Path, *, also: Iterable[str] = ()) -> 
         rel = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
         for folder in rel.parts[:-1]:
             add(folder, "folder_name")
+        note = str(row.get("annotation") or "").strip()  # a slide's GeoJSON annotation: an input path too
+        if note:
+            add(note, "input_path")
+            add(Path(note).name, "file_name")
+            add(Path(note).name.split(".")[0], "file_name")
         if row["modality"] == "ct" and path.exists():
             for name, kind in _dicom_identifiers(path):
                 add(name, kind)
@@ -120,7 +126,8 @@ def label_sources(cohort_path: str | Path, patient_key=None) -> dict[str, str]:
     key = patient_key or pseudonymiser_from_env()
     cohort = load_cohort(cohort_path, check_files=False)
     files = [cohort.part_path(p) for p in ("clinical", "expression", "mutations", "cnv", "signatures")]
-    files += list(cohort.manifest()["path"])
+    manifest = cohort.manifest()
+    files += list(manifest["path"]) + [a for a in manifest.get("annotation", pd.Series(dtype=str)) if a]
     labels = {source_label(key, f): f for f in files if f}
     for f in [f for f in files if f and not uri_mod.is_s3(f) and Path(f).is_dir()]:
         labels.update({source_label(key, str(p)): str(p) for p in Path(f).rglob("*") if p.is_file()})

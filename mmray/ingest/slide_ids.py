@@ -31,7 +31,7 @@ def slide_id(row: dict, patient_key) -> str:
 
 def slide_list(manifest: pd.DataFrame, patient_key) -> tuple[list[dict], list[dict]]:
     """``(slides, failures)`` from the manifest's wsi rows: slide_id, patient_id (keyed), event_time, uri,
-    mpp (the manifest's level-0 um/px, or None).
+    mpp (the manifest's level-0 um/px, or None) and annotation (the GeoJSON tumour annotation's uri, or None).
 
     ``uri`` is the real file (used to read it, never written); failures name the
     slide by its stored id and its source label (the path only without a pseudonym key).
@@ -60,5 +60,7 @@ def slide_list(manifest: pd.DataFrame, patient_key) -> tuple[list[dict], list[di
         except ValueError as e:
             failures.append({"item": item, "patient_id": pid, "slide_id": sid, "reason": str(e)})
             continue
-        slides.append({"slide_id": sid, "patient_id": pid, "event_time": when.isoformat(), "uri": uri, "mpp": mpp})
+        note = str(r.get("annotation") or "").strip() or None  # an input path like uri: read, never written
+        slides.append({"slide_id": sid, "patient_id": pid, "event_time": when.isoformat(), "uri": uri, "mpp": mpp,
+                       "annotation": note})
     return slides, failures

@@ -27,6 +27,8 @@ import pandas as pd
 from mmray import uri as uri_mod
 from mmray.features.encoders import EncoderConfig, resolve
 from mmray.features.nuclei_stage import NucleiConfig
+from mmray.features.stain import StainConfig
+from mmray.features.tile_filter import TileFilterConfig
 from mmray.features.tile_pipeline import ReadConfig, Source, embedding_dataset, pipeline_context
 from mmray.features.tiling import PlanLimits, TilingSpec
 from mmray.features.tissue import TissueParams
@@ -35,6 +37,7 @@ from mmray.ingest.pseudonym import source_label
 from mmray.ingest.report import ModalityReport
 from mmray.ingest.slide_ids import slide_list
 from mmray.ingest.wsi_aggregates import PATIENTS, SLIDES, TILES, update_patient_aggregates, update_slide_aggregates
+from mmray.report.site_signature import SiteSignatureConfig
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,9 @@ class WsiConfig:
     reserve_op_resources: bool = False  # Ray Data's per-operator resource reservation (see pipeline_context)
     progress_interval_s: float = 10.0  # per-slide progress log period (0: off)
     nuclei: NucleiConfig = field(default_factory=NucleiConfig)  # wsi_nuclei, wsi_nuclei_slide/_patient
+    stain: StainConfig = field(default_factory=StainConfig)  # stain normalisation (reference fitted per cohort)
+    tile_filter: TileFilterConfig = field(default_factory=TileFilterConfig)  # tumour tiles, learned from annotations
+    site_signature: SiteSignatureConfig = field(default_factory=SiteSignatureConfig)  # leakage: site from slides
 
     def validate(self):
         if self.target_mpp <= 0:
@@ -117,10 +123,13 @@ def fingerprint(uri: str) -> dict:
     return {"uri": uri, "size_bytes": size, "etag": f"headtail-sha256:{digest.hexdigest()}"}
 
 
-def embed_key(cfg: WsiConfig, encoder_id: str) -> dict:
-    """What makes two embeddings of one slide the same: resume compares this."""
-    return {"encoder_id": encoder_id, "input_px": cfg.encoder.input_px,
-            "tiling": dataclasses.asdict(cfg.tiling())}
+def embed_key(cfg: WsiConfig, encoder_id: str, *, stain: dict | None = None) -> dict:
+    """What makes two embeddings of one slide the same: resume compares this (``stain``: the normalisation
+    settings and reference, :meth:`mmray.ingest.wsi_stain.StainPlan.params`)."""
+    key = {"encoder_id": encoder_id, "input_px": cfg.encoder.input_px, "tiling": dataclasses.asdict(cfg.tiling())}
+    if stain:
+        key["stain"] = stain
+    return key
 
 
 def _resume(store, slides: list[dict], key: dict, sources: dict[str, dict], force: bool, *, group: str = TILES,
@@ -149,9 +158,7 @@ def _resume(store, slides: list[dict], key: dict, sources: dict[str, dict], forc
 
 def ingest_wsi(ctx) -> ModalityReport:
     """Embed the cohort's slides into the feature store (see the module docstring)."""
-    from mmray.cli import init_ray
-    from mmray.features.tile_progress import ProgressLog
-    from mmray.features.tile_sink import TileEmbeddingSink
+    from mmray.ingest.wsi_stain import StainPlan
 
     cfg: WsiConfig = ctx.config
     report = ModalityReport("wsi")
@@ -161,7 +168,6 @@ def ingest_wsi(ctx) -> ModalityReport:
         report.fail(**f)
     encoder = resolve(cfg.encoder)
     report.notes += list(encoder.notes)
-    key = embed_key(cfg, encoder.encoder_id)
     sources: dict[str, dict] = {}
     with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) * 4)) as pool:
         for s, src in zip(slides, pool.map(_safe_fingerprint, [s["uri"] for s in slides])):
@@ -173,57 +179,105 @@ def ingest_wsi(ctx) -> ModalityReport:
                 sources[s["slide_id"]] = {**src, "uri": label, "slide_id": s["slide_id"],
                                           **({"mpp": s["mpp"]} if s.get("mpp") is not None else {})}
     slides = [s for s in slides if s["slide_id"] in sources]
+    scratch = slide_source.new_scratch_dir(cfg.read.scratch_dir)
+    source = Source(scratch_dir=scratch, tries=cfg.read.download_tries,
+                    max_bytes=int(cfg.read.scratch_max_gb * 2**30), max_open=cfg.read.max_open_slides)
+    try:
+        prev = ctx.store.latest(TILES)
+        stain = StainPlan(cfg, source=source, limits=cfg.limits(), force=ctx.force,
+                          previous=ctx.store.manifest(TILES, version=prev)["params"] if prev else None)
+        if stain.enabled and stain.reference is None and slides:
+            from mmray.cli import init_ray
+
+            init_ray(None)
+            stain.fit_reference(slides)
+        key = embed_key(cfg, encoder.encoder_id, stain=stain.params())
+        tiles_version = _embed(ctx, slides=slides, sources=sources, key=key, encoder=encoder, source=source,
+                               stain=stain, report=report)
+        if tiles_version is None:
+            return report
+        from mmray.ingest.wsi_nuclei import ingest_nuclei, tile_filter_threshold, update_nuclei_aggregates
+        from mmray.ingest.wsi_tumour import ingest_tumour
+
+        nuclei_version = ingest_nuclei(ctx, slides=slides, sources=sources, report=report, source=source,
+                                       stain=stain)
+        tumour_version = ingest_tumour(ctx, slides=slides, report=report, tiles_version=tiles_version)
+        threshold = tile_filter_threshold(cfg) if tumour_version else None
+        if nuclei_version:
+            for group, v in update_nuclei_aggregates(ctx.store, nuclei_version=nuclei_version, threshold=threshold,
+                                                     force=ctx.force).items():
+                report.groups[group] = v
+        report.notes += stain.notes
+        tile_filter = {"version": tumour_version, "threshold": threshold} if tumour_version else None
+        slide_version, _ = update_slide_aggregates(ctx.store, tiles_version=tiles_version, embed_key=key,
+                                                   force=ctx.force, tile_filter=tile_filter)
+        if slide_version:
+            report.groups[SLIDES] = slide_version
+        patient_version = update_patient_aggregates(ctx.store,
+                                                    slide_version=slide_version or ctx.store.latest(SLIDES),
+                                                    force=ctx.force or bool(slide_version))
+        if patient_version:
+            report.groups[PATIENTS] = patient_version
+        from mmray.report.site_signature import site_signature
+
+        site_signature(ctx, report=report)
+    finally:
+        slide_source.clean_scratch(scratch)
+    return report
+
+
+def _lineage(store, group: str, version: str | None) -> dict[str, dict]:
+    """slide_id -> its entry in the sources of ``group@version`` (empty without a version)."""
+    if version is None:
+        return {}
+    return {s.get("slide_id"): s for s in store.manifest(group, version=version).get("sources", [])}
+
+
+def _embed(ctx, *, slides, sources, key, encoder, source, stain, report) -> str | None:
+    """Run the tile pipeline on the slides not already current; returns the ``wsi_tiles`` version."""
+    from mmray.cli import init_ray
+    from mmray.features.tile_progress import ProgressLog
+    from mmray.features.tile_sink import TileEmbeddingSink
+
+    cfg = ctx.config
     todo, carry, prev = _resume(ctx.store, slides, key, sources, ctx.force)
     report.n_skipped = len(carry)
     prev_bags = set(ctx.store.bag_ids(TILES, version=prev)) if prev else set()
-    tiles_version = prev
-    if todo or set(carry) != prev_bags:
-        init_ray(None)
-        log.info("wsi: %d slide(s) to embed with %s, %d already in %s", len(todo), encoder.encoder_id,
-                 len(carry), TILES)
-        params = {"embed_key": key, "encoder": dataclasses.asdict(cfg.encoder), "rows_per_file": cfg.rows_per_file}
-        scratch = slide_source.new_scratch_dir(cfg.read.scratch_dir)
-        source = Source(scratch_dir=scratch, tries=cfg.read.download_tries,
-                        max_bytes=int(cfg.read.scratch_max_gb * 2**30), max_open=cfg.read.max_open_slides)
-        try:
-            context = pipeline_context(object_store_limit_mb=cfg.object_store_limit_mb,
-                                       reserve_op_resources=cfg.reserve_op_resources)
-            with context, ProgressLog(n_slides=len(todo), interval_s=cfg.progress_interval_s) as progress:
-                sink = TileEmbeddingSink(ctx.store, TILES, params=params,
-                                         sources=[sources[s["slide_id"]] for s in todo] + [sources[c] for c in carry],
-                                         carry_from=prev if carry else None, carry_bags=carry,
-                                         rows_per_file=cfg.rows_per_file, progress=progress)
-                if todo:
-                    ds = embedding_dataset(todo, spec=cfg.tiling(), read=cfg.read, source=source, encoder=encoder,
-                                           cfg=cfg.encoder, limits=cfg.limits(), progress=progress,
-                                           read_resources=cfg.read_resources,
-                                           encoder_resources=cfg.encoder_resources)
-                    ds.write_datasink(sink)
-                else:
-                    sink.commit([])
-        finally:
-            slide_source.clean_scratch(scratch)
-        uris = {s["slide_id"]: s["uri"] for s in todo}
-        for sid, (pid, reason) in sorted(sink.failures.items()):
-            label = sources[sid]["uri"] if sid in sources else sid
-            report.fail(item=label, patient_id=pid, reason=_named(reason, uris.get(sid, ""), label), slide_id=sid)
-        report.n_done = len(sink.rows_per_slide)
-        if sink.version:
-            report.groups[TILES] = tiles_version = sink.version
-    if tiles_version is None:
-        return report
-    from mmray.ingest.wsi_nuclei import ingest_nuclei
-
-    ingest_nuclei(ctx, slides=slides, sources=sources, report=report)
-    slide_version, _ = update_slide_aggregates(ctx.store, tiles_version=tiles_version, embed_key=key,
-                                                      force=ctx.force)
-    if slide_version:
-        report.groups[SLIDES] = slide_version
-    patient_version = update_patient_aggregates(ctx.store, slide_version=slide_version or ctx.store.latest(SLIDES),
-                                                force=ctx.force or bool(slide_version))
-    if patient_version:
-        report.groups[PATIENTS] = patient_version
-    return report
+    if not todo and set(carry) == prev_bags:
+        return prev
+    init_ray(None)
+    log.info("wsi: %d slide(s) to embed with %s, %d already in %s", len(todo), encoder.encoder_id, len(carry), TILES)
+    todo = stain.attach(todo)
+    old = _lineage(ctx.store, TILES, prev)
+    lineage = ([{**sources[s["slide_id"]], **stain.lineage(s["slide_id"])} for s in todo]
+               + [{**sources[c], **{k: old[c][k] for k in ("stain",) if k in old.get(c, {})}} for c in carry])
+    params = {"embed_key": key, "encoder": dataclasses.asdict(cfg.encoder), "rows_per_file": cfg.rows_per_file}
+    if stain.enabled:
+        params["stain"] = stain.params()
+    transform = ({"method": cfg.stain.method, "reference": stain.reference.tolist(), "io": cfg.stain.io,
+                  "beta": cfg.stain.beta} if stain.enabled else None)
+    context = pipeline_context(object_store_limit_mb=cfg.object_store_limit_mb,
+                               reserve_op_resources=cfg.reserve_op_resources)
+    with context, ProgressLog(n_slides=len(todo), interval_s=cfg.progress_interval_s) as progress:
+        sink = TileEmbeddingSink(ctx.store, TILES, params=params, sources=lineage,
+                                 carry_from=prev if carry else None, carry_bags=carry,
+                                 rows_per_file=cfg.rows_per_file, progress=progress)
+        if todo:
+            ds = embedding_dataset(todo, spec=cfg.tiling(), read=cfg.read, source=source, encoder=encoder,
+                                   cfg=cfg.encoder, limits=cfg.limits(), progress=progress,
+                                   read_resources=cfg.read_resources, encoder_resources=cfg.encoder_resources,
+                                   stain=transform, probe_tiles=cfg.stain.probe_tiles)
+            ds.write_datasink(sink)
+        else:
+            sink.commit([])
+    uris = {s["slide_id"]: s["uri"] for s in todo}
+    for sid, (pid, reason) in sorted(sink.failures.items()):
+        label = sources[sid]["uri"] if sid in sources else sid
+        report.fail(item=label, patient_id=pid, reason=_named(reason, uris.get(sid, ""), label), slide_id=sid)
+    report.n_done = len(sink.rows_per_slide)
+    if sink.version:
+        report.groups[TILES] = sink.version
+    return sink.version or prev
 
 
 def _named(reason: str, uri: str, label: str) -> str:

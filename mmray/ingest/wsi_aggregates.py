@@ -1,6 +1,7 @@
 """Slide and patient aggregates of the ``wsi_tiles`` group: ``wsi_slide`` and ``wsi_patient``.
 
-``wsi_slide`` (bag group, bag key ``slide_id``, one row per slide): key columns,
+``wsi_slide`` (bag group, bag key ``slide_id``, one row per slide; with the
+tumour-tile filter on, over the tiles and regions it keeps): key columns,
 ``encoder_id``, ``tiles_version`` (the ``wsi_tiles`` version whose files hold
 the slide's tiles), ``embedding_dim``, ``mpp``, ``tile_px``, ``region_px`` and
 the columns of :func:`mmray.features.aggregate.aggregate_columns` for scales
@@ -33,11 +34,21 @@ SCALES = ("tile", "region")
 ROWS_PER_PART = 256
 
 
-def pool_slide(store: FeatureStore, *, version: str, slide_id: str) -> tuple[dict[str, Pooled], int, dict]:
-    """``({scale: Pooled}, dim, facts)`` of one slide's bag in ``wsi_tiles``."""
+def pool_slide(store: FeatureStore, *, version: str, slide_id: str,
+               tile_filter: dict | None = None) -> tuple[dict[str, Pooled], int, dict]:
+    """``({scale: Pooled}, dim, facts)`` of one slide's bag in ``wsi_tiles``; with ``tile_filter``
+    (``{version, threshold}`` of ``wsi_tumour``) only its tiles and regions at or above the threshold
+    (all of them when none is, or the slide was not scored)."""
     df = store.read_bag(TILES, slide_id, version=version,
                         columns=["patient_id", "event_time", "scale", "x", "y", "tile_px", "mpp", "encoder_id",
                                  "embedding"])
+    if tile_filter:
+        from mmray.ingest.wsi_tumour import kept_tiles
+
+        kept = kept_tiles(store, slide_id, version=tile_filter["version"], threshold=tile_filter["threshold"])
+        if kept is not None:
+            keys = zip(df["scale"].astype(str), df["x"].astype(int), df["y"].astype(int))
+            df = df[[k in kept for k in keys]]
     emb = np.stack(df["embedding"].to_numpy()).astype(np.float32)
     out = {}
     for scale in SCALES:
@@ -70,23 +81,26 @@ def read_arrow(store: FeatureStore, group: str, *, version: str | None = None, c
 
 
 def update_slide_aggregates(store: FeatureStore, *, tiles_version: str, embed_key: dict,
-                            force: bool = False) -> tuple[str | None, int]:
-    """Bring ``wsi_slide`` in line with ``wsi_tiles@tiles_version``; returns ``(new version or None, pooled)``."""
+                            force: bool = False, tile_filter: dict | None = None) -> tuple[str | None, int]:
+    """Bring ``wsi_slide`` in line with ``wsi_tiles@tiles_version`` (and the tumour filter ``tile_filter``,
+    ``{version, threshold}`` of ``wsi_tumour``); returns ``(new version or None, pooled)``."""
     origins = _origins(store, tiles_version)
     carry: list[str] = []
     prev = store.latest(SLIDES)
-    if prev is not None and not force and store.manifest(SLIDES, version=prev)["params"].get("embed_key") == embed_key:
+    old_params = store.manifest(SLIDES, version=prev)["params"] if prev is not None else {}
+    if prev is not None and not force and old_params.get("embed_key") == embed_key \
+            and old_params.get("tile_filter") == tile_filter:
         old = read_arrow(store, SLIDES, version=prev, columns=["slide_id", "tiles_version"]).to_pylist()
         carry = [r["slide_id"] for r in old if origins.get(r["slide_id"]) == r["tiles_version"]]
         if len(carry) == len(old) == len(origins):
             return None, 0  # already current
     todo = sorted(set(origins) - set(carry))
-    params = {"embed_key": embed_key, "tiles_version": tiles_version}
+    params = {"embed_key": embed_key, "tiles_version": tiles_version, "tile_filter": tile_filter}
     with store.open_version(SLIDES, kind="bag", bag_key="slide_id", params=params) as writer:
         if carry:
             writer.carry_bags(prev, carry)
         batch: list[tuple[str, dict, int, dict]] = []
-        for slide_id, result in _pool_all(store, tiles_version, todo):
+        for slide_id, result in _pool_all(store, tiles_version, todo, tile_filter):
             batch.append((slide_id, *result))
             if len(batch) >= ROWS_PER_PART:
                 writer.write_part(_slide_table(batch, origins))
@@ -96,17 +110,17 @@ def update_slide_aggregates(store: FeatureStore, *, tiles_version: str, embed_ke
     return writer.version, len(todo)
 
 
-def _pool_all(store: FeatureStore, version: str, slides: list[str]):
+def _pool_all(store: FeatureStore, version: str, slides: list[str], tile_filter: dict | None = None):
     """Yield ``(slide_id, pool_slide(...))``: Ray tasks when Ray is running, else in this process."""
     import ray
 
     if not ray.is_initialized() or len(slides) <= 1:
         for s in slides:
-            yield s, pool_slide(store, version=version, slide_id=s)
+            yield s, pool_slide(store, version=version, slide_id=s, tile_filter=tile_filter)
         return
     task = ray.remote(num_cpus=1)(pool_slide)
     store_ref = ray.put(store)
-    pending = {task.remote(store_ref, version=version, slide_id=s): s for s in slides}
+    pending = {task.remote(store_ref, version=version, slide_id=s, tile_filter=tile_filter): s for s in slides}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:

@@ -30,7 +30,8 @@ from pathlib import Path
 import mmray
 from mmray import uri as uri_mod
 from mmray.errors import StoreError
-from mmray.report import coverage, inputs, performance, run_sections, signature_table, slide_sections
+from mmray.report import (coverage, inputs, performance, run_sections, signature_table, site_signature,
+                          slide_overlays, slide_sections)
 from mmray.report.paired_section import paired_section
 from mmray.report.bias import bias_sections
 from mmray.report.document import InputMissing, Section, error_note, missing_note, page
@@ -133,7 +134,8 @@ def build_sections(store: FeatureStore, *, cohort: str | None = None,
         ("overview", "Cohort overview and modality coverage",
          lambda: coverage.overview_section(store, cohort_name=cohort_name, manifest=manifest)),
         ("failures", "Failed inputs", lambda: coverage.failures_section(store)),
-        ("leakage", "Target leakage findings", lambda: leakage_sections(_stored_report(store, "leakage"))),
+        ("leakage", "Target leakage findings",
+         lambda: leakage_sections(_stored_report(store, "leakage")) + site_signature.stored_sections(store)),
         ("bias", "Bias findings", lambda: bias_sections(_stored_report(store, "bias"), heading="h3")),
         ("results", "Cross-validated results: model x modality set", results),
         ("ablation", "Modality ablation", lambda: performance.ablation_section(need_run())),
@@ -145,6 +147,8 @@ def build_sections(store: FeatureStore, *, cohort: str | None = None,
          lambda: slide_sections.extremum_section(store, need_run(), uris())),
         ("attention-heatmaps", "Slide heatmaps: attention",
          lambda: slide_sections.attention_section(store, need_run(), uris())),
+        ("slide-overlays", "Slide overlays: nuclei and tumour probability",
+         lambda: slide_overlays.overlay_section(store, need_run(), uris())),
     ]
     if has_federated_run(store):  # a coordinator's store (mmray federated): its rounds and sites
         specs.append(("federated", "Federated training across sites", lambda: federated_section(store)))

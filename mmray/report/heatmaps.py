@@ -110,3 +110,25 @@ def heatmap_figure(thumb: Thumbnail, grid: np.ndarray, *, title: str, label: str
     ax.set_title(title, fontsize=9)
     ax.set_axis_off()
     return fig
+
+
+def read_region(uri: str | None, *, x: int, y: int, size_l0: int, out_px: int) -> np.ndarray | None:
+    """(out_px, out_px, 3) uint8 of the level-0 square at ``(x, y)`` of side ``size_l0`` (read at the
+    pyramid level that suits it); None when the slide cannot be read (the caller says so)."""
+    if uri is None:
+        return None
+    scratch = tempfile.mkdtemp(prefix="mmray-report-") if uri_mod.is_s3(uri) else None
+    try:
+        from mmray.features.tiling import read_plan, read_tile
+        from mmray.ingest.slide_source import local_copy, open_slide
+
+        path = local_copy(uri, scratch_dir=scratch) if scratch else local_copy(uri, scratch_dir="")
+        with contextlib.closing(open_slide(path, name=uri)) as slide:
+            level, read_px = read_plan(slide.level_downsamples, extent_l0=size_l0, out_px=out_px)
+            return read_tile(slide, x=x, y=y, level=level, read_px=read_px, out_px=out_px)
+    except Exception as e:  # noqa: BLE001  any unreadable slide: no zoom panel, the caller notes it
+        log.warning("report: cannot read a region of %s: %s", uri, e)
+        return None
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)

@@ -28,6 +28,8 @@ from mmray.report import render
 from mmray.report.document import InputMissing, figure, para
 from mmray.report.heatmaps import heat_grid, heatmap_figure, peak_level0, read_thumbnail
 from mmray.report.inputs import PATIENTS, TILES, TrainRun
+
+NUCLEI_PATIENTS = "wsi_nuclei_patient"
 from mmray.report.performance import KEY, best_row, fold_ranked_risk, of_row
 from mmray.store import FeatureStore
 from mmray.store.manifest import schema_of
@@ -57,16 +59,22 @@ def heec_gain(run: TrainRun) -> tuple[pd.Series, pd.Series]:
 
 
 def extremum_coords(store: FeatureStore, columns: list[str]) -> pd.DataFrame:
-    """One row per (patient, located feature): ``patient_id, slide_id, feature, scale, x, y`` from ``wsi_patient``."""
-    parsed = {}
+    """One row per (patient, located feature): ``patient_id, slide_id, feature, scale, x, y`` from
+    ``wsi_patient`` (tile/region embedding extrema) and ``wsi_nuclei_patient`` (nucleus-feature extrema, the
+    tile that gave them)."""
+    parsed, nuclei = {}, []
     for c in columns:
         name = default_feature_of(c)
-        if name:
+        if name and _LOCATED.match(name):
             scale, stat, i = _LOCATED.match(name).groups()
             parsed[name] = (scale, stat, int(i))
+        elif name:
+            nuclei.append(name)
+    rows = _nucleus_coords(store, nuclei)
+    if not parsed:
+        return pd.DataFrame(rows, columns=["patient_id", "slide_id", "feature", "scale", "x", "y"])
     need = sorted({f"{s}_arg{st}_{a}" for s, st, _ in parsed.values() for a in ("x", "y", "slide")})
     table = store.read_table(PATIENTS, columns=["patient_id", *need])
-    rows = []
     for rec in table.to_dict("records"):
         for name, (scale, stat, i) in parsed.items():
             x, y = int(rec[f"{scale}_arg{stat}_x"][i]), int(rec[f"{scale}_arg{stat}_y"][i])
@@ -75,6 +83,30 @@ def extremum_coords(store: FeatureStore, columns: list[str]) -> pd.DataFrame:
             rows.append({"patient_id": str(rec["patient_id"]), "slide_id": str(rec[f"{scale}_arg{stat}_slide"][i]),
                          "feature": name, "scale": scale, "x": x, "y": y})
     return pd.DataFrame(rows, columns=["patient_id", "slide_id", "feature", "scale", "x", "y"])
+
+
+def _nucleus_coords(store: FeatureStore, names: list[str]) -> list[dict]:
+    """Rows like :func:`extremum_coords`'s for nucleus features (``nuclei_<f>_<max|min>``)."""
+    if not names or NUCLEI_PATIENTS not in store.groups():
+        return []
+    from mmray.features.nuclei_aggregate import located_features
+
+    table = store.read_table(NUCLEI_PATIENTS)
+    located = located_features(table, id_col="patient_id")
+    located = located[located["feature"].isin(set(names))]
+    return [{"patient_id": str(r.patient_id), "slide_id": str(r.slide_id), "feature": r.feature, "scale": "tile",
+             "x": int(r.x), "y": int(r.y)} for r in located.itertuples(index=False)]
+
+
+def on_tissue(store: FeatureStore, locs: pd.DataFrame, slide_id: str) -> pd.Series:
+    """(N,) bool: each location (``scale, x, y``) is a tile or region the WSI stage planned on tissue."""
+    try:
+        rows = store.read_bag(TILES, slide_id, columns=["scale", "x", "y"])
+    except Exception:  # noqa: BLE001  no tiles group or bag: nothing to check against, keep them
+        return pd.Series(True, index=locs.index)
+    planned = set(zip(rows["scale"].astype(str), rows["x"].astype(int), rows["y"].astype(int)))
+    return pd.Series([k in planned for k in zip(locs["scale"].astype(str), locs["x"].astype(int),
+                                                 locs["y"].astype(int))], index=locs.index)
 
 
 def box_sizes(store: FeatureStore, slide_id: str) -> dict[str, float]:
@@ -131,8 +163,10 @@ def extremum_section(store: FeatureStore, run: TrainRun, uris: dict[str, str], *
     traced = trace_importances(gain[located], extremum_coords(store, located), top_k=top_k)
     preds = of_row(run.predictions, row)
     body = [para(f"HEEC on <b>{html.escape(row['modality_set'])}</b>: its {len(located)} most important located "
-                 f"slide features (extremum encoding: the max or min of one embedding dimension over a slide's "
-                 f"tiles or regions) traced to the tile or region that gave each value. A box's colour is the "
+                 f"slide features (extremum encoding: the max or min of one embedding dimension or nucleus "
+                 f"feature over a slide's tissue tiles or regions) traced to the tile or region that gave each "
+                 f"value; only tiles and regions on tissue exist, so every location is on tissue. A box's colour "
+                 f"is the "
                  f"summed mean gain of the features located there; numbered outlines are the top locations."),
             render.table([{"feature": c, "gain": float(gain[c])} for c in located],
                          [("feature", "feature"), ("gain", "mean gain over folds")])]
@@ -144,6 +178,13 @@ def extremum_section(store: FeatureStore, run: TrainRun, uris: dict[str, str], *
                     .agg(value=("importance", "sum"), features=("feature", lambda f: ", ".join(sorted(f))))
                     .sort_values("value", ascending=False, kind="stable").reset_index(drop=True))
             locs["size"] = locs["scale"].map(sizes).astype(float)
+            tissue = on_tissue(store, locs, slide_id)
+            if not tissue.all():  # cannot happen for plans made on tissue; said, never drawn
+                body.append(para(f"{int((~tissue).sum())} location(s) of {html.escape(slide_id)} are not tissue tiles "
+                                 f"or regions of wsi_tiles and are not drawn."))
+                locs = locs[tissue].reset_index(drop=True)
+            if locs.empty:
+                continue
             body.append(f"<h3>{html.escape(pid)} &middot; {html.escape(slide_id)}</h3>"
                         + (para(html.escape(why)) if why else ""))
             body.append(_slide_figure(boxes=locs, uri=uris.get(slide_id), title=f"{slide_id}: extremum features",

@@ -3,13 +3,14 @@
 Layout of the output folder::
 
     cohort.yaml      the cohort spec (docs/cohort.md)
-    manifest.csv     patient_id, modality, path, item_id, acquisition_date
+    manifest.csv     patient_id, modality, path, item_id, acquisition_date, annotation
     clinical.csv     clinical table with labels, dates, a leaking column, 'Not Collected'
     expression.tsv   genes x samples, TCGA aliquot barcodes
     mutations.maf    MAF 2.4
     cnv.tsv          gene-level thresholded copy number
     signatures.gmt   MSigDB-style gene sets
     slides/          pyramidal tiled TIFF (JPEG), one page per level
+    annotations/     QuPath GeoJSON tumour outlines of some slides (manifest column ``annotation``)
     ct/<patient>/    DICOM CT series + DICOM SEG
     truth.json       the planted effects, per patient and per modality (written last: the cohort is complete)
     .mmray-synth     written first (a rerun into a folder a killed run left is allowed)
@@ -100,7 +101,9 @@ def write_cohort(out_dir: str | Path, *, patients: int | None = None, seed: int 
             "survival": {"baseline": "weibull", "shape": latent.WEIBULL_SHAPE,
                          "scale_days": latent.WEIBULL_SCALE_DAYS,
                          "censoring_days": [latent.CENSOR_MIN_DAYS, latent.CENSOR_MAX_DAYS]},
-            "wsi": "nuclear density and atypia grow with z_wsi; architecture and hue depend on subtype",
+            "wsi": "nuclear density and atypia of the tumour grow with z_wsi; architecture and hue depend on "
+                   "subtype; non-tumour tissue (stroma, normal glands) carries no signal; stain colours depend "
+                   "on the tissue source site, independent of risk",
             "ct": "tumour radius and texture heterogeneity grow with z_ct",
         },
         "patients": [_patient_truth(p) for p in people],
@@ -128,12 +131,13 @@ def _patient_truth(p: latent.Patient) -> dict:
 
 def _write_manifest(path: Path, *, slides: list[dict], studies: list[dict]) -> None:
     rows = [{"patient_id": s["patient_id"], "modality": "wsi", "path": s["path"], "item_id": s["slide_id"],
-             "acquisition_date": s["acquisition_date"]} for s in slides]
+             "acquisition_date": s["acquisition_date"], "annotation": s.get("annotation") or ""} for s in slides]
     rows += [{"patient_id": s["patient_id"], "modality": "ct", "path": s["path"], "item_id": s["study_uid"],
-              "acquisition_date": s["acquisition_date"]} for s in studies]
+              "acquisition_date": s["acquisition_date"], "annotation": ""} for s in studies]
     rows.sort(key=lambda r: (r["patient_id"], r["modality"], r["item_id"]))
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["patient_id", "modality", "path", "item_id", "acquisition_date"])
+        writer = csv.DictWriter(f, fieldnames=["patient_id", "modality", "path", "item_id", "acquisition_date",
+                                               "annotation"])
         writer.writeheader()
         writer.writerows(rows)
 

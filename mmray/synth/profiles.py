@@ -34,6 +34,8 @@ class SynthProfile:
     n_pathways: int
     # Whether writing fans out over Ray tasks.
     use_ray: bool = False
+    # Fraction of slides with a QuPath GeoJSON tumour annotation (the tumour-tile filter learns from them).
+    p_annotated: float = 0.2
 
 
 PROFILES: dict[str, SynthProfile] = {

@@ -10,12 +10,16 @@ Planted signal: nuclear density (nuclei per mm^2 of tissue) grows as
 white lumens lined by radially elongated nuclei in spindle-cell stroma;
 squamous cell: solid pink nests with keratin pearls; large cell: big scattered
 vesicular nuclei with nucleoli in pale tissue).  The slide centre is always
-tissue and the corners are always background.
+tissue and the corners are always background.  Only part of the tissue is
+tumour; the rest is non-tumour stroma and normal glands, and each tissue
+source site stains in its own colours (:mod:`mmray.synth.slide_tissue`); a
+fraction of slides gets a QuPath GeoJSON tumour annotation.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from pathlib import Path
 
@@ -26,6 +30,7 @@ from mmray.errors import ConfigError, UnknownNameError
 from mmray.synth.latent import Patient
 from mmray.synth.parallel import parallel_map
 from mmray.synth.profiles import SynthProfile
+from mmray.synth.slide_tissue import NORMAL_DENSITY_PER_MM2, mask_truth, site_stain, tumour_geojson
 from mmray.synth.slide_morphology import (  # noqa: F401  (BACKGROUND_RGB, planted_density_per_mm2 are API)
     _E_LEVELS, _E_MAX, _E_MIN, _H_LEVELS, _H_MAX, _MAX_STAMP_ELEMENTS, BACKGROUND_RGB, JPEG_QUALITY,
     _MORPH, LEVEL_DOWNSAMPLE, TRUNCATE_FRACTION, Blobs, Plan, plan_slide, planted_density_per_mm2)
@@ -43,9 +48,15 @@ def write_slides(patients: list[Patient], *, out_dir: Path, profile: SynthProfil
     Returns one dict per slide, in patient then slide order: ``patient_id``,
     ``slide_id``, ``path`` (relative to ``out_dir``'s parent), ``width_px``,
     ``height_px``, ``mpp``, ``levels``, ``tissue_fraction``,
-    ``nuclear_density_per_mm2`` (planted), ``corrupt`` (None or
-    ``"truncated_slide"``) and ``acquisition_date`` (ISO).  A slide's pixels
-    depend only on ``(seed, patient.index, k)``.
+    ``nuclear_density_per_mm2`` (planted, in the tumour), ``corrupt`` (None or
+    ``"truncated_slide"``), ``acquisition_date`` (ISO), ``site`` and ``stain``
+    (its tissue source site's stain), ``tumour_fraction`` (of the tissue),
+    ``nuclear_density_tissue_per_mm2`` (expected over all tissue),
+    ``tumour_mask`` (:func:`mmray.synth.slide_tissue.mask_truth`) and
+    ``annotation`` (path of its GeoJSON tumour annotation relative to
+    ``out_dir``'s parent, or None: ``profile.p_annotated`` of the intact
+    slides, at least one, have one, under ``<out_dir's parent>/annotations/``).
+    A slide's pixels depend only on ``(seed, patient.index, k)``.
     """
     _check_profile(profile)
     for p in patients:
@@ -53,8 +64,20 @@ def write_slides(patients: list[Patient], *, out_dir: Path, profile: SynthProfil
             raise UnknownNameError("subtype", p.subtype, list(_MORPH))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tasks = [(p, k, out_dir, profile, seed) for p in patients for k in range(1, p.n_slides + 1)]
+    keys = [(p, k) for p in patients for k in range(1, p.n_slides + 1)]
+    annotate = annotated_slides(keys, p_annotated=profile.p_annotated, seed=seed)
+    tasks = [(p, k, out_dir, profile, seed, i in annotate) for i, (p, k) in enumerate(keys)]
     return parallel_map(_write_task, tasks, use_ray=profile.use_ray, desc="slides")
+
+
+def annotated_slides(keys: list[tuple[Patient, int]], *, p_annotated: float, seed: int) -> set[int]:
+    """Indices into ``keys`` ((patient, k) of every slide) of the slides with a tumour annotation: a seeded
+    choice of ``round(p_annotated x intact slides)`` (at least one when ``p_annotated > 0``)."""
+    intact = [i for i, (p, k) in enumerate(keys) if not (k == 1 and "truncated_slide" in p.corruptions)]
+    if p_annotated <= 0 or not intact:
+        return set()
+    n = min(len(intact), max(1, int(round(p_annotated * len(intact)))))
+    return {int(i) for i in np.random.default_rng([seed, 4]).choice(intact, size=n, replace=False)}
 
 
 def _check_profile(prof: SynthProfile) -> None:
@@ -69,7 +92,7 @@ def _check_profile(prof: SynthProfile) -> None:
 
 
 def _write_task(task: tuple) -> dict:
-    patient, k, out_dir, profile, seed = task
+    patient, k, out_dir, profile, seed, annotate = task
     sid = slide_id(patient.patient_id, k)
     path = out_dir / f"{sid}.tiff"
     rng = np.random.default_rng([seed, 2, patient.index, k])
@@ -82,11 +105,21 @@ def _write_task(task: tuple) -> dict:
     if k == 1 and "truncated_slide" in patient.corruptions:
         os.truncate(path, int(path.stat().st_size * TRUNCATE_FRACTION))
         corrupt = "truncated_slide"
+    annotation = None
+    if annotate:
+        ann = out_dir.parent / "annotations" / f"{sid}.geojson"
+        ann.parent.mkdir(parents=True, exist_ok=True)
+        ann.write_text(json.dumps(tumour_geojson(plan.tumour_mask, grid_px=plan.grid_px)) + "\n")
+        annotation = f"{ann.parent.name}/{ann.name}"
+    density, f = planted_density_per_mm2(patient), plan.tumour_fraction
     return {"patient_id": patient.patient_id, "slide_id": sid, "path": f"{out_dir.name}/{path.name}",
             "width_px": profile.slide_width_px, "height_px": profile.slide_height_px, "mpp": profile.slide_mpp,
             "levels": profile.slide_levels, "tissue_fraction": round(plan.tissue_fraction, 4),
-            "nuclear_density_per_mm2": round(planted_density_per_mm2(patient), 1),
-            "corrupt": corrupt, "acquisition_date": patient.biopsy_date.isoformat()}
+            "nuclear_density_per_mm2": round(density, 1),
+            "corrupt": corrupt, "acquisition_date": patient.biopsy_date.isoformat(),
+            "site": patient.site, "stain": site_stain(patient.site).as_dict(), "tumour_fraction": round(f, 4),
+            "nuclear_density_tissue_per_mm2": round(f * density + (1 - f) * NORMAL_DENSITY_PER_MM2, 1),
+            "tumour_mask": mask_truth(plan.tumour_mask, grid_px=plan.grid_px), "annotation": annotation}
 
 
 def _stamp(canvas: np.ndarray, blobs: Blobs, *, y0: int, x0: int, profile: str) -> None:
@@ -141,9 +174,9 @@ def _render_tile(plan: Plan, rng: np.random.Generator, y0: int, x0: int, *, tile
     t, morph = tile_px, plan.morph
     my, ylo, yhi = _lerp_matrix(y0, t, grid_px=plan.grid_px, n_grid=plan.fields.shape[1])
     mx, xlo, xhi = _lerp_matrix(x0, t, grid_px=plan.grid_px, n_grid=plan.fields.shape[2])
-    coarse = plan.fields[:, ylo:yhi, xlo:xhi]
-    nuclei_here = plan.nuclei.in_box(y0, x0, t)
-    if coarse[0].max() <= plan.tissue_thr - 0.5 / plan.tissue_gain and nuclei_here.y.size == 0:
+    coarse = plan.fields[:3, ylo:yhi, xlo:xhi]  # tissue, eosin, nests (the tumour field is in the plan)
+    nuclei_here, normal_here = plan.nuclei.in_box(y0, x0, t), plan.normal_nuclei.in_box(y0, x0, t)
+    if coarse[0].max() <= plan.tissue_thr - 0.5 / plan.tissue_gain and nuclei_here.y.size + normal_here.y.size == 0:
         return None  # tissue is exactly 0 there and no nucleus reaches in
     tissue_f, eosin_lf, nests_f = my @ coarse @ mx.T  # (3, t, t)
     tissue = np.clip((tissue_f - plan.tissue_thr) * plan.tissue_gain + 0.5, 0.0, 1.0)
@@ -152,7 +185,7 @@ def _render_tile(plan: Plan, rng: np.random.Generator, y0: int, x0: int, *, tile
     fibre = plan.fibre.take(np.arange(y0, y0 + t) % period, axis=0).take(np.arange(x0, x0 + t) % period, axis=1)
     eosin = morph.eosin * eosin_lf * (1.0 + 0.12 * fibre)
     hema = np.full((t, t), morph.h_bg, dtype=np.float32)
-    if plan.subtype == "adenocarcinoma":
+    if plan.lumens.y.size:  # adenocarcinoma glands and normal glands
         lumen, rim = np.zeros((t, t), np.float32), np.zeros((t, t), np.float32)
         _stamp(lumen, plan.lumens.in_box(y0, x0, t), y0=y0, x0=x0, profile="disc")
         _stamp(rim, plan.glands.in_box(y0, x0, t), y0=y0, x0=x0, profile="disc")
@@ -160,7 +193,7 @@ def _render_tile(plan: Plan, rng: np.random.Generator, y0: int, x0: int, *, tile
         rim *= 1.0 - lumen
         eosin += rim * (0.75 * morph.eosin - eosin)  # epithelial cytoplasm: paler, a little purple
         hema += 0.10 * rim
-    elif plan.subtype == "squamous_cell":
+    if plan.subtype == "squamous_cell":
         eosin += np.clip(nests_f * 5.0, 0.0, 1.0) * (0.22 - 0.1 * morph.eosin * fibre)  # dense pink sheets
         pearl = np.zeros((t, t), np.float32)
         _stamp(pearl, plan.pearls.in_box(y0, x0, t), y0=y0, x0=x0, profile="cone")
@@ -169,6 +202,7 @@ def _render_tile(plan: Plan, rng: np.random.Generator, y0: int, x0: int, *, tile
         hema[inside] = 0.02
     nuclei = np.zeros((t, t), np.float32)
     _stamp(nuclei, nuclei_here, y0=y0, x0=x0, profile="vesicular" if plan.subtype == "large_cell" else "nucleus")
+    _stamp(nuclei, normal_here, y0=y0, x0=x0, profile="nucleus")
     hema *= tissue
     hema += nuclei * (0.8 + 0.4 * noise)  # chromatin texture
     eosin *= tissue

@@ -104,13 +104,17 @@ class TileReader:
     """Read each patient's tiles (all its slides) from a bag group of the store.
 
     ``max_tiles`` caps a patient's bag (a seeded, per-patient sample), as
-    attention-MIL training commonly does for memory.  Used as a Ray Data
+    attention-MIL training commonly does for memory.  ``tile_filter``
+    (``{version, threshold}`` of ``wsi_tumour``; ``"auto"``: the one the
+    store's ``wsi_slide`` aggregates were made with, if any) keeps only the
+    tiles the tumour filter passes, as the aggregates do.  Used as a Ray Data
     stage through :func:`read_tiles` (a task-based ``map_batches``: worker
     processes keep one reader, with its bag index, per store version).
     """
 
     def __init__(self, *, store: str, group: str = TILE_GROUP, version: str | None = None,
-                 column: str = TILE_COLUMN, scale: str | None = "tile", max_tiles: int | None = 4096, seed: int = 0):
+                 column: str = TILE_COLUMN, scale: str | None = "tile", max_tiles: int | None = 4096, seed: int = 0,
+                 tile_filter: dict | str | None = "auto"):
         from mmray.store import FeatureStore
         from mmray.store.manifest import schema_of
 
@@ -119,14 +123,27 @@ class TileReader:
         self.version = version or self.store.latest(group)
         names = schema_of(self.store.manifest(self.group, version=self.version)).names
         self.scale = scale if "scale" in names else None  # wsi_tiles holds 256-px tiles and 4096-px regions
+        if tile_filter == "auto":
+            slides = self.store.latest("wsi_slide") if group == TILE_GROUP else None
+            tile_filter = self.store.manifest("wsi_slide", version=slides)["params"].get("tile_filter") \
+                if slides else None
+        self.tile_filter = tile_filter if {"x", "y"} <= set(names) else None
 
     def read(self, patient_id: str, bag_ids) -> np.ndarray | None:
         parts = []
-        cols = [self.column] + (["scale"] if self.scale else [])
+        cols = [self.column] + (["scale"] if self.scale else []) + (["x", "y"] if self.tile_filter else [])
         for bag in (bag_ids if bag_ids is not None else []):
             frame = self.store.read_bag(self.group, str(bag), version=self.version, columns=cols)
             if self.scale:
                 frame = frame[frame["scale"] == self.scale]
+            if self.tile_filter:
+                from mmray.ingest.wsi_tumour import kept_tiles
+
+                kept = kept_tiles(self.store, str(bag), version=self.tile_filter["version"],
+                                  threshold=self.tile_filter["threshold"])
+                if kept is not None:
+                    scales = frame["scale"].astype(str) if "scale" in frame else pd.Series("tile", index=frame.index)
+                    frame = frame[[k in kept for k in zip(scales, frame["x"].astype(int), frame["y"].astype(int))]]
             if len(frame):
                 parts.append(np.stack([np.asarray(v, dtype=np.float32) for v in frame[self.column]]))
         if not parts:

@@ -41,7 +41,8 @@ from mmray.train.config import TrainJobConfig
 from mmray.train.cv import run_train
 
 WSI = ["wsi.encoder.name=resnet10t", "wsi.encoder.input_px=32", "wsi.target_mpp=1.0", "wsi.tile_px=128",
-       "wsi.region_px=512", "wsi.encoder.batch_size=32", "wsi.progress_interval_s=0"]
+       "wsi.region_px=512", "wsi.encoder.batch_size=32", "wsi.progress_interval_s=0", "wsi.nuclei.enabled=true",
+       "wsi.nuclei.max_tiles_per_slide=4", "wsi.tile_filter.min_positive_tiles=5"]
 TRAIN = ["folds.n_folds=2", "train.val_fraction=0.34", "train.executor=local", "lgbm.executor=local",
          "train.max_epochs=3", "train.patience=2", "n_boot=20", "train.batch_size=32", "mlflow.enabled=false",
          "run_name=r1", ("models=[{name: single, sets: [clinical]}, {name: heec, sets: [slide], hparams: {screen_alpha: 1.0, min_child_samples: 1, bagging_fraction: 1.0}}, "
@@ -160,14 +161,15 @@ def text_of(doc: Doc, sid: str) -> str:
 def test_every_section_is_filled_and_the_file_is_self_contained(run):
     doc = run["doc"]
     want = ["overview", "failures", "leakage", "bias", "results", "ablation", "paired", "kaplan-meier", "signatures",
-            "extremum-heatmaps", "attention-heatmaps", "run", "serving"]
+            "extremum-heatmaps", "attention-heatmaps", "slide-overlays", "run", "serving"]
     assert list(doc.sections) == want
     assert {s: v["status"] for s, v in doc.sections.items()} == dict.fromkeys(want, "filled")
     assert doc.raw.startswith("<!DOCTYPE html>") and not doc.errors and not doc.stack
     assert [h for h in doc.hrefs] == [f"#{s}" for s in want]  # the table of contents, nothing external
     assert not {"script", "link", "iframe", "object", "embed"} & doc.tags
     assert not re.search(r'(src|href)="(?!data:image/png;base64,|#)', doc.raw)  # nothing fetched from elsewhere
-    for sid in ("overview", "bias", "ablation", "kaplan-meier", "extremum-heatmaps", "attention-heatmaps", "run"):
+    for sid in ("overview", "bias", "ablation", "kaplan-meier", "extremum-heatmaps", "attention-heatmaps",
+                "slide-overlays", "run"):
         assert doc.sections[sid]["imgs"], f"{sid} has no plot"
     for sid, sec in doc.sections.items():
         for src in sec["imgs"]:
@@ -286,19 +288,31 @@ def test_extremum_heatmap_peak_is_the_top_traced_location(run):
         "model == 'heec'")["n_folds_ok"].iloc[0]
     gain = imp.groupby("feature")["gain"].sum() / n_folds
     pat = re.compile(r"^wsi_patient__(tile|region)_(max|min)_(\d+)$")
-    top = [f for f in gain.sort_values(ascending=False, kind="stable").index if pat.match(f) and gain[f] > 0][:10]
+    nuc = re.compile(r"^wsi_nuclei_patient__(.+)_(max|min)$")  # nucleus features: the tile of the extremum
+    top = [f for f in gain.sort_values(ascending=False, kind="stable").index
+           if (pat.match(f) or nuc.match(f)) and gain[f] > 0][:10]
     assert top, "HEEC used located slide features"
     figs = run["doc"].sections["extremum-heatmaps"]["figures"]
     assert figs and all(f["kind"] == "extremum" for f in figs)
     table = st.read_table("wsi_patient").set_index("patient_id")
+    nuclei = st.read_table("wsi_nuclei_patient").set_index("patient_id")
     for fig in figs:
         rec, locs = table.loc[fig["patient"]], {}
         for f in top:
+            if nuc.match(f):
+                name, stat = nuc.match(f).groups()
+                r = nuclei.loc[fig["patient"]]
+                if r[f"{name}_arg{stat}_slide"] == fig["slide"] and int(r[f"{name}_arg{stat}_x"]) >= 0:
+                    key = ("tile", int(r[f"{name}_arg{stat}_x"]), int(r[f"{name}_arg{stat}_y"]))
+                    locs[key] = locs.get(key, 0.0) + gain[f]
+                continue
             scale, stat, i = pat.match(f).groups()
             i = int(i)
             if rec[f"{scale}_arg{stat}_slide"][i] == fig["slide"]:
                 key = (scale, int(rec[f"{scale}_arg{stat}_x"][i]), int(rec[f"{scale}_arg{stat}_y"][i]))
                 locs[key] = locs.get(key, 0.0) + gain[f]
+        planned = st.read_bag("wsi_tiles", fig["slide"])  # every location is a tile or region on tissue
+        assert set(locs) <= set(zip(planned["scale"], planned["x"].astype(int), planned["y"].astype(int)))
         (scale, x, y), _ = max(locs.items(), key=lambda kv: kv[1])
         tiles = st.read_bag("wsi_tiles", fig["slide"])
         size = float(tiles.loc[tiles["scale"] == scale, "size_l0"].iloc[0])
@@ -327,6 +341,31 @@ def test_attention_heatmap_peak_is_the_most_attended_tile(run):
 
 
 @pytest.mark.integration
+def test_slide_overlays_show_nuclei_and_tumour_probability_of_the_extreme_patients(run):
+    st = run["store"]
+    figs = run["doc"].sections["slide-overlays"]["figures"]
+    kinds = [f["kind"] for f in figs]
+    assert kinds.count("nuclei") == kinds.count("nuclei-zoom") == len({f["patient"] for f in figs}) == 2
+    for fig in (f for f in figs if f["kind"] == "nuclei"):
+        tiles = st.read_bag("wsi_nuclei", fig["slide"])
+        assert int(fig["tiles"]) == len(tiles)
+        top = tiles.loc[tiles["density_per_mm2"].idxmax()]
+        assert _box_contains({"x": top["x"], "y": top["y"], "size": top["size_l0"]}, float(fig["peak-x"]),
+                             float(fig["peak-y"]), float(fig["downsample"]))
+    for fig in (f for f in figs if f["kind"] == "nuclei-zoom"):
+        tiles = st.read_bag("wsi_nuclei", fig["slide"])
+        assert int(fig["nuclei"]) == len(tiles.loc[tiles["density_per_mm2"].idxmax(), "nucleus_x"])
+    for fig in (f for f in figs if f["kind"] == "tumour"):  # when the filter ran (annotated slides of 2+ patients)
+        t = st.read_bag("wsi_tumour", fig["slide"])
+        t = t[t["scale"] == "tile"]
+        assert int(fig["tiles"]) == len(t)
+        threshold = st.manifest("wsi_tumour")["params"]["threshold"]
+        assert int(fig["kept"]) == int((t["tumour_probability"] >= threshold).sum())
+    assert ("wsi_tumour" in st.groups()) == ("tumour" in kinds)
+    assert "Site signature" in text_of(run["doc"], "leakage")
+
+
+@pytest.mark.integration
 def test_run_and_serving_sections_show_the_pipeline_extra(run):
     rows = rows_of(run["doc"].sections["run"]["tables"][0])
     assert [(r["stage"], r["status"], r["seconds"]) for r in rows] == [("synth", "ran", "12.500"),
@@ -348,7 +387,8 @@ def test_missing_inputs_say_which_command_makes_them(tmp_path):
     status = {s: v["status"] for s, v in doc.sections.items()}
     assert status == {"overview": "filled", "failures": "filled", "leakage": "filled", "bias": "filled",
                       "results": "missing", "ablation": "missing", "paired": "missing", "kaplan-meier": "missing",
-                      "signatures": "missing", "extremum-heatmaps": "missing", "attention-heatmaps": "missing"}
+                      "signatures": "missing", "extremum-heatmaps": "missing", "attention-heatmaps": "missing",
+                      "slide-overlays": "missing"}
     for sid in ("results", "ablation", "paired", "kaplan-meier", "extremum-heatmaps", "attention-heatmaps"):
         assert f"mmray train --config ray_jobs/configs/train.yaml --store {store}" in text_of(doc, sid)
     assert f"mmray signatures --cohort COHORT.yaml --store {store}" in text_of(doc, "signatures")
