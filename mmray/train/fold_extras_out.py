@@ -64,9 +64,13 @@ def add_fold_extras(out, *, tf, model, fold: int, settings, history: list[dict],
         from mmray.train.gnn_fold import prior_knowledge
 
         protein_genes = prior_knowledge(settings.store)[1]
+    from mmray.train.ray_torch import torch_threads
+
     try:
-        out.tables.update(interpret_fold(model, cols=tf.cols["test"], dims=tf.pre.dims, feature_names=names,
-                                         fold=fold, protein_genes=protein_genes, ig_steps=int(cfg.get("ig_steps", 24))))
+        with torch_threads(settings.threads_per_worker):
+            out.tables.update(interpret_fold(model, cols=tf.cols["test"], dims=tf.pre.dims, feature_names=names,
+                                             fold=fold, protein_genes=protein_genes,
+                                             ig_steps=int(cfg.get("ig_steps", 24))))
     except Exception as e:  # noqa: BLE001  an interpretation is a side product: the fold's scores stand
         log.warning("fold %d: interpretation failed: %s", fold, e)
         out.notes.append(f"interpretation failed: {e}")
