@@ -19,7 +19,8 @@ the training fold.  Then:
    each with a residual connection and LayerNorm.
 3. **Modality tokens**: gated attention pooling over the nodes each input
    modality feeds (expression and mutations share gene nodes but pool their
-   own), plus a learned modality embedding.
+   own), plus a linear read of the modality's values (a skip past the graph)
+   and a learned modality embedding.
 4. **Inter-modality fusion**: a patient query attends over the present
    modality tokens (cross-attention; its weights are the model's modality
    importance), then ``fusion_layers`` transformer layers over
@@ -149,6 +150,9 @@ class MMGNN(TaskModel):
         self.norms = nn.ModuleList(nn.ModuleDict({t: nn.LayerNorm(dim) for t in self.node_types})
                                    for _ in range(self.intra_layers))
         self.pools = nn.ModuleDict({m: _GatedPool(dim) for m in self.modality_dims})
+        # the modality's values straight into its token (a skip past the graph): pooling normalises node
+        # embeddings, so a plain linear read of the values (what attention fusion's tokens are) is kept too
+        self.skips = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in self.modality_dims.items()})
         self.modality_embedding = nn.Parameter(torch.randn(len(self.modality_dims), dim) * 0.02)
         self.token_norm = nn.LayerNorm(dim)
         self.query = nn.Parameter(torch.randn(dim) * 0.02)
@@ -200,7 +204,8 @@ class MMGNN(TaskModel):
         """``[B, M, dim]`` modality tokens (zero where the modality is missing)."""
         h = self.node_embeddings(batch, augment=augment)
         mask = self.mask_of(batch)
-        toks = [self.pools[m](h[inp["node"]][:, getattr(self, f"nodes_{m}")]) for m, inp in self.inputs.items()]
+        toks = [self.pools[m](h[inp["node"]][:, getattr(self, f"nodes_{m}")])
+                + self.skips[m](keep(batch.feature(m), batch.present(m))) for m, inp in self.inputs.items()]
         tokens = self.token_norm(torch.stack(toks, 1) + self.modality_embedding)
         return torch.where(mask.unsqueeze(-1), tokens, torch.zeros_like(tokens))
 
@@ -223,8 +228,10 @@ class MMGNN(TaskModel):
             if self.fuser is not None:
                 seq = torch.cat([patient, tokens], 1)
                 pad = torch.cat([torch.zeros_like(padding[:, :1]), padding], 1)
-                patient = self.fuser(seq, src_key_padding_mask=pad)[:, :1]
-            pooled = patient.squeeze(1)
+                seq = self.fuser(seq, src_key_padding_mask=pad)
+                patient, tokens = seq[:, :1], torch.where(mask.unsqueeze(-1), seq[:, 1:], torch.zeros_like(tokens))
+            # read out the patient token and the mean of the (fused) present modality tokens
+            pooled = patient.squeeze(1) + tokens.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
         return torch.where(none.unsqueeze(-1), self.empty.expand_as(pooled), pooled)
 
     def project(self, z: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from mmray.models.registry import build_model
 from mmray.train import data as D
 from mmray.train.dist import _all_sum, global_loss, world_size
 from mmray.train.loop_core import EarlyStopping, Predictions, predict, seed_everything, validation_score
-from mmray.train.multitask import is_multitask, multitask_loss
+from mmray.train.multitask import is_multitask, multitask_loss, multitask_validation_score
 
 
 @dataclass
@@ -189,9 +189,14 @@ class EpochTrainer:
         loss, rows = self.train_epoch(train_source)
         train_s = time.perf_counter() - t0
         self.epoch += 1
-        score = validation_score(self.spec.task, self.predict(val_source))
+        parts = {}
+        if self.multitask:  # every head's validation metric, averaged (mmray.train.multitask)
+            score, parts = multitask_validation_score(self.model, val_source, kw=self.kw, device=self.device)
+        else:
+            score = validation_score(self.spec.task, self.predict(val_source))
         self.stopper.step(score, self.model, epoch=self.epoch)
         row = {"epoch": self.epoch, "train_loss": loss, "val_score": score, "attempt": self.attempt, "rows": rows,
-               "train_seconds": train_s, "seconds": time.perf_counter() - t0, **pre}
+               "train_seconds": train_s, "seconds": time.perf_counter() - t0, **pre,
+               **{f"val_{t}": v for t, v in parts.items()}}
         self.history.append(row)
         return row
