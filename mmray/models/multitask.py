@@ -11,7 +11,10 @@
   objective whatever its scale; a softmax over learnable weights would
   instead move all weight onto the task with the smallest loss (the test
   suite shows both).  ``s_t`` is clamped to ``[-S_MAX, S_MAX]`` so no weight
-  can reach 0 or explode on a degenerate batch.
+  can reach 0 or explode on a degenerate batch.  The first training batch
+  that has every task sets ``s_t = log L_t`` (that batch's optimum): small
+  cohorts give only tens of optimiser steps, too few for ``s_t`` to travel
+  from 0 to a task's loss scale by gradient alone.
 * :func:`info_nce`: the symmetric InfoNCE (NT-Xent) loss between two views of
   each patient, temperature 0.1 by default.
 """
@@ -54,6 +57,7 @@ class UncertaintyWeighting(nn.Module):
             raise DataError(f"task weighting {kind!r}; valid: {list(WEIGHTINGS)}")
         self.tasks, self.kind = tuple(tasks), kind
         self.log_vars = nn.Parameter(torch.zeros(len(self.tasks)), requires_grad=kind == "uncertainty")
+        self.register_buffer("started", torch.zeros((), dtype=torch.bool))
 
     def weights(self) -> dict[str, float]:
         """Current weight ``exp(-s_t)`` of each task."""
@@ -61,6 +65,11 @@ class UncertaintyWeighting(nn.Module):
         return {t: float(torch.exp(-v)) for t, v in zip(self.tasks, s)}
 
     def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if self.kind == "uncertainty" and self.training and not bool(self.started) and set(losses) >= set(self.tasks):
+            with torch.no_grad():  # warm start at this batch's optimum, exp(-s_t) = 1 / L_t
+                self.log_vars.copy_(torch.stack([losses[t].detach().clamp(min=1e-6).log() for t in self.tasks])
+                                    .clamp(-S_MAX, S_MAX))
+                self.started.fill_(True)
         total = None
         for i, t in enumerate(self.tasks):
             if t not in losses:
