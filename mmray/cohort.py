@@ -9,8 +9,11 @@ A cohort names its parts, each optional::
     mutations: mutations.maf
     cnv: cnv.tsv
     signatures: signatures.gmt
+    proteins: {path: rppa.tsv, orientation: samples_x_proteins, gene_map: protein_map.tsv}
+    interactions: interactions.tsv    # source, target, type (ppi|regulates|codes_for|...), [score]
     labels: {time_days: overall_survival_days, event: vital_status,
-             event_value: Dead, subtype: histology}
+             event_value: Dead, subtype: histology,
+             response: best_response, toxicity: [grade3plus_neutropenia], toxicity_value: "Yes"}
 
 Relative paths are relative to the folder holding ``cohort.yaml``; any path may
 be an ``s3://`` URI.  ``load_cohort`` validates everything at once and raises a
@@ -81,6 +84,27 @@ class ExpressionRef:
 
 
 @dataclass(frozen=True)
+class ProteinsRef:
+    """A protein matrix (RPPA-style: samples x proteins, or proteins x samples).
+
+    The gene behind each protein: ``gene_map`` (a table with columns
+    ``protein`` and ``gene``), or ``gene_column`` (a column of a
+    proteins x samples file holding the gene symbol), else the protein name
+    itself up to a phospho-site suffix (``AKT1_pS473`` -> ``AKT1``).
+    """
+
+    path: str
+    orientation: Literal["auto", "samples_x_proteins", "proteins_x_samples"] = "auto"
+    format: Literal["auto", "csv", "tsv", "parquet"] = "auto"
+    gene_map: str | None = None
+    gene_column: str | None = None
+
+    def validate(self):
+        if self.gene_map and self.gene_column:
+            yield ("gene_map", "give gene_map (a protein -> gene table) or gene_column, not both")
+
+
+@dataclass(frozen=True)
 class LabelsSpec:
     """Which clinical columns hold the labels.
 
@@ -95,10 +119,16 @@ class LabelsSpec:
     event_value: str = "1"
     subtype: str | None = None
     index_date: str | None = None
+    response: str | None = None  # categorical treatment response (e.g. complete / partial / none)
+    response_classes: tuple[str, ...] = ()  # class order; default: sorted values
+    toxicity: tuple[str, ...] = ()  # one or more binary columns (e.g. grade-3+ adverse events)
+    toxicity_value: str = "1"  # the value meaning the toxicity happened (compared as text)
 
     def validate(self):
         if (self.time_days is None) != (self.event is None):
             yield ("", "give both time_days and event for survival labels, or neither")
+        if len(set(self.toxicity)) != len(self.toxicity):
+            yield ("toxicity", f"lists a column twice: {list(self.toxicity)}")
 
 
 @dataclass(frozen=True)
@@ -110,6 +140,8 @@ class CohortSpec:
     mutations: TableRef | None = None
     cnv: TableRef | None = None
     signatures: TableRef | None = None
+    proteins: ProteinsRef | None = None
+    interactions: TableRef | None = None
     labels: LabelsSpec | None = None
 
 
@@ -146,13 +178,15 @@ class Cohort:
 
     def modalities(self) -> list[str]:
         """Modalities present: table parts plus the image modalities in the manifest."""
-        present = [p for p in ("clinical", "expression", "mutations", "cnv") if getattr(self.spec, p)]
+        present = [p for p in ("clinical", "expression", "mutations", "cnv", "proteins") if getattr(self.spec, p)]
+        if self.spec.interactions or self.spec.signatures:
+            present.append("knowledge")  # prior knowledge: the interaction network and the gene sets
         if self.spec.manifest:
             present += [m for m in MODALITIES if (self.manifest()["modality"] == m).any()]
         return present
 
 
-_REF_FIELDS = ("clinical", "expression", "mutations", "cnv", "signatures")
+_REF_FIELDS = ("clinical", "expression", "mutations", "cnv", "signatures", "proteins", "interactions")
 
 
 def load_cohort(path: str | Path, *, check_files: bool = True) -> Cohort:
@@ -170,6 +204,9 @@ def load_cohort(path: str | Path, *, check_files: bool = True) -> Cohort:
     for key in _REF_FIELDS:
         if isinstance(raw.get(key), str):
             raw[key] = {"path": raw[key]}
+    labels = raw.get("labels")
+    if isinstance(labels, dict) and isinstance(labels.get("toxicity"), str):
+        labels["toxicity"] = [labels["toxicity"]]  # one toxicity column may be given as a plain name
     spec = build(CohortSpec, raw, source=path)
     cohort = Cohort(spec=spec, spec_path=path, root=root)
     problems: list[tuple[str, str]] = []
@@ -191,6 +228,11 @@ def _check_files(cohort: Cohort) -> list[tuple[str, str]]:
             field = part if part == "manifest" else f"{part}.path"
             problems.append((field, f"file not found: {target}; fix the path (relative paths are "
                                     f"relative to {cohort.root}) or remove the '{part}' entry"))
+    if spec.proteins and spec.proteins.gene_map:
+        target = cohort.resolve(spec.proteins.gene_map)
+        if not uri.is_s3(target) and not Path(target).exists():
+            problems.append(("proteins.gene_map", f"file not found: {target}; fix the path (relative to "
+                                                  f"{cohort.root}) or remove gene_map"))
     found = {p for p, _ in problems}
     if spec.manifest and "manifest" not in found:
         problems += _check_manifest(cohort.part_path("manifest"))
@@ -281,11 +323,15 @@ def _check_clinical(cohort: Cohort) -> list[tuple[str, str]]:
         problems.append(("clinical.id_column", f"column {spec.clinical.id_column!r} not in {name}; "
                                                f"set id_column to one of: {', '.join(columns)}"))
     if spec.labels:
-        for field in ("time_days", "event", "subtype", "index_date"):
+        for field in ("time_days", "event", "subtype", "index_date", "response"):
             col = getattr(spec.labels, field)
             if col is not None and col not in columns:
                 problems.append((f"labels.{field}", f"column {col!r} not in {name}; "
                                                     f"choose one of: {', '.join(columns)}"))
+        for col in spec.labels.toxicity:
+            if col not in columns:
+                problems.append(("labels.toxicity", f"column {col!r} not in {name}; "
+                                                    f"choose among: {', '.join(columns)}"))
     return problems
 
 

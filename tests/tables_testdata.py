@@ -17,7 +17,7 @@ from unittest import mock
 from mmray.features.star_counts import VALUE_COLUMNS
 from mmray.synth import cohort as cohort_mod
 
-TABLE_MODALITIES = ("clinical", "expression", "mutations", "cnv")
+TABLE_MODALITIES = ("clinical", "expression", "mutations", "cnv", "proteins", "knowledge")
 
 
 def write_tables_cohort(out: Path, *, patients: int = 8, seed: int = 0, corrupt: int = 0,

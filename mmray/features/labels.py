@@ -12,7 +12,9 @@ code re-checks the arrays it gets with ``mmray.train.metrics.check_survival``):
   label row and are reported as failures naming file, line, column and
   value; the patient's clinical features are still written.
 
-A missing subtype keeps the row, with ``subtype`` and ``subtype_code`` null.
+A missing subtype keeps the row, with ``subtype`` and ``subtype_code`` null;
+likewise a missing treatment response (``response``, ``response_code``) or
+toxicity (``toxicity_<column>``, Int8 0/1): the other labels stay usable.
 Subtype codes: ``subtype_classes`` order when given (others: null, noted),
 else the labels sorted as text; the mapping is returned and stored in the
 labels group's manifest.
@@ -36,6 +38,7 @@ from mmray.store.keys import UNDATED
 class Labels:
     frame: pd.DataFrame  # rows of the clinical table kept: event_time, [time_days, event], [subtype, subtype_code]
     subtype_mapping: dict[str, int] = field(default_factory=dict)
+    response_mapping: dict[str, int] = field(default_factory=dict)
     failures: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -122,6 +125,10 @@ def build_labels(table: TextTable, *, spec: LabelsSpec, missing_values, subtype_
         out["subtype"] = pd.Series(np.where(ok, raw_s, None), index=frame.index, dtype=object)
         out["subtype_code"] = pd.array([mapping[v] if k else None for v, k in zip(raw_s, ok)], dtype="Int64")
         labels.subtype_mapping = mapping
+    if spec.response or spec.toxicity:
+        from mmray.features.labels_treatment import treatment_labels
+
+        treatment_labels(frame, out, spec=spec, missing_values=missing_values, labels=labels, table=table)
     labels.frame = out[keep]
     return labels
 

@@ -36,6 +36,8 @@ INGESTERS: dict[str, str] = {
     "expression": "mmray.ingest.tables:ingest_expression",
     "mutations": "mmray.ingest.tables:ingest_mutations",
     "cnv": "mmray.ingest.tables:ingest_cnv",
+    "proteins": "mmray.ingest.tables_proteins:ingest_proteins",
+    "knowledge": "mmray.ingest.knowledge:ingest_knowledge",
     "wsi": "mmray.ingest.wsi:ingest_wsi",
     "ct": "mmray.ingest.ct:ingest_ct",
 }
@@ -43,7 +45,7 @@ INGESTERS: dict[str, str] = {
 RAY_MODALITIES = ("wsi", "ct")
 # Which section of the ingest YAML configures each modality.
 CONFIG_SECTION = {"clinical": "tables", "expression": "tables", "mutations": "tables", "cnv": "tables",
-                  "wsi": "wsi", "ct": "ct"}
+                  "proteins": "tables", "knowledge": "tables", "wsi": "wsi", "ct": "ct"}
 
 
 @dataclass(frozen=True)

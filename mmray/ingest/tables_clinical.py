@@ -88,8 +88,9 @@ def ingest_clinical(ctx) -> ModalityReport:
     exclude = {ref.id_column: "id (clinical.id_column)"}
     labels = None
     if spec:
-        label_cols = {getattr(spec, f): f"label (labels.{f})" for f in ("time_days", "event", "subtype", "index_date")
-                      if getattr(spec, f)}
+        label_cols = {getattr(spec, f): f"label (labels.{f})"
+                      for f in ("time_days", "event", "subtype", "index_date", "response") if getattr(spec, f)}
+        label_cols.update({c: "label (labels.toxicity)" for c in spec.toxicity})
         exclude.update(label_cols)
         labels = build_labels(table, spec=spec, missing_values=cfg.clinical.missing_values,
                               subtype_classes=cfg.clinical.subtype_classes)
@@ -117,7 +118,8 @@ def ingest_clinical(ctx) -> ModalityReport:
         frame = pd.concat([pd.DataFrame({"patient_id": [ctx.patient_key(p) for p in ids.iloc[lab.index]]}),
                            lab.reset_index(drop=True)], axis=1)
         write_group(ctx, report, "labels", frame, sources=[path],
-                    params={**params, "subtype_mapping": labels.subtype_mapping})
+                    params={**params, "subtype_mapping": labels.subtype_mapping,
+                            **({"response_mapping": labels.response_mapping} if labels.response_mapping else {})})
         _reports(ctx, table, labels, exclude=exclude, index_dates=index_dates, notes=notes, kinds=enc.kinds)
     by_line = dict(zip(table.lines.tolist(), ids))
     failures = [f if f.get("patient_id") or f.get("line") not in by_line else {**f, "patient_id": by_line[f["line"]]}

@@ -1,4 +1,4 @@
-"""The ``tables:`` section of the ingest YAML (clinical, expression, mutations, cnv).
+"""The ``tables:`` section of the ingest YAML (clinical, expression, mutations, cnv, proteins, knowledge).
 
 Every field has a default that works on a synthetic cohort and on GDC/TCGA
 exports; see docs/tables.md for the whole section with its defaults.
@@ -55,6 +55,24 @@ class CnvConfig:
 
 
 @dataclass(frozen=True)
+class ProteinsConfig:
+    duplicate_proteins: Literal["mean", "max_variance"] = "mean"  # an antibody listed twice
+    dtype: Literal["float32", "float64"] = "float32"
+
+
+@dataclass(frozen=True)
+class KnowledgeConfig:
+    """Prior knowledge: which interactions to keep (the gene sets are copied as they are)."""
+
+    types: tuple[str, ...] = ()  # edge types to keep, e.g. [ppi, regulates]; empty: every type
+    min_score: float = 0.0  # drop scored edges below this confidence (0-1); unscored edges are kept
+
+    def validate(self):
+        if not 0.0 <= self.min_score <= 1.0:
+            yield ("min_score", f"must be in [0, 1], got {self.min_score}")
+
+
+@dataclass(frozen=True)
 class ReportsConfig:
     leakage: LeakageConfig = field(default_factory=LeakageConfig)
     bias: BiasConfig = field(default_factory=BiasConfig)
@@ -68,5 +86,7 @@ class TablesConfig:
     expression: ExpressionConfig = field(default_factory=ExpressionConfig)
     mutations: MutationsConfig = field(default_factory=MutationsConfig)
     cnv: CnvConfig = field(default_factory=CnvConfig)
+    proteins: ProteinsConfig = field(default_factory=ProteinsConfig)
+    knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
     reports: ReportsConfig = field(default_factory=ReportsConfig)
     tumour_only: bool = False  # leave out normal/control samples even for patients without a tumour sample

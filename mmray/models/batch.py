@@ -5,6 +5,7 @@ A :class:`Batch` holds ``B`` patients:
 ``features``  ``dict[str, Tensor[B, d_m]]`` float32, one entry per *tabular*
               modality the model was built for: ``clinical``, ``expression``,
               ``mutations_cnv`` (mutation and CNV calls concatenated),
+              ``proteins`` (RPPA-style protein levels),
               ``radiomics``, ``slide`` (patient-level extremum / mean slide
               features).  A missing modality arrives as a row of zeros.
 ``mask``      ``Tensor[B, M]`` bool, ``mask[b, j]`` is True when patient ``b``
@@ -19,8 +20,10 @@ A :class:`Batch` holds ``B`` patients:
               ``mask[:, "tiles"]`` False.  The bag modality is named
               :data:`BAG` (``"tiles"``) in ``modalities``.
 labels        ``time_days`` ``Tensor[B]`` float32 (> 0), ``event`` ``Tensor[B]``
-              bool, ``subtype`` ``Tensor[B]`` long class index; each optional
-              (None) so prediction batches need no labels.
+              bool, ``subtype`` ``Tensor[B]`` long class index; for multi-task
+              models ``response`` ``Tensor[B]`` long (-1: unknown) and
+              ``toxicity`` ``Tensor[B, T]`` float (1/0, NaN: unknown); each
+              optional (None) so prediction batches need no labels.
 
 Models must never let a masked modality influence their output: they select
 with ``torch.where`` (never multiply, so NaN in a masked slot cannot leak)
@@ -45,7 +48,7 @@ import torch
 
 from mmray.errors import DataError
 
-TABULAR_MODALITIES = ("clinical", "expression", "mutations_cnv", "radiomics", "slide")
+TABULAR_MODALITIES = ("clinical", "expression", "mutations_cnv", "proteins", "radiomics", "slide")
 BAG = "tiles"
 ALL_MODALITIES = TABULAR_MODALITIES + (BAG,)
 
@@ -63,6 +66,8 @@ class Batch:
     event: torch.Tensor | None = None
     subtype: torch.Tensor | None = None
     patient_ids: list[str] = field(default_factory=list)
+    response: torch.Tensor | None = None
+    toxicity: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -88,7 +93,8 @@ class Batch:
             return None if t is None else t.to(device, non_blocking=True)
         return replace(self, features={k: mv(v) for k, v in self.features.items()}, mask=mv(self.mask),
                        bag_feats=mv(self.bag_feats), bag_index=mv(self.bag_index),
-                       time_days=mv(self.time_days), event=mv(self.event), subtype=mv(self.subtype))
+                       time_days=mv(self.time_days), event=mv(self.event), subtype=mv(self.subtype),
+                       response=mv(self.response), toxicity=mv(self.toxicity))
 
 
 def _as_row(x: Any, *, modality: str, dim: int | None, pid: str) -> np.ndarray | None:
@@ -167,15 +173,21 @@ def collate(samples: Sequence[Mapping[str, Any]], *, modalities: Sequence[str],
             raise DataError(f"label {key!r} is given for some patients of the batch but not all")
         return torch.as_tensor(np.asarray(vals), dtype=dtype)
 
+    tox = None
+    if any(s.get("toxicity") is not None for s in samples):
+        if any(s.get("toxicity") is None for s in samples):
+            raise DataError("label 'toxicity' is given for some patients of the batch but not all")
+        tox = torch.as_tensor(np.stack([np.asarray(s["toxicity"], np.float32).reshape(-1) for s in samples]))
     return Batch(features=feats, mask=mask, modalities=modalities, bag_feats=bag_feats, bag_index=bag_index,
                  time_days=label("time_days", torch.float32), event=label("event", torch.bool),
                  subtype=label("subtype", torch.long),
-                 patient_ids=[str(s.get("patient_id", i)) for i, s in enumerate(samples)])
+                 patient_ids=[str(s.get("patient_id", i)) for i, s in enumerate(samples)],
+                 response=label("response", torch.long), toxicity=tox)
 
 
 def make_batch(features: Mapping[str, np.ndarray | torch.Tensor], mask: np.ndarray | torch.Tensor, *,
                modalities: Sequence[str], bag_feats=None, bag_index=None, time_days=None, event=None,
-               subtype=None, patient_ids: Sequence[str] | None = None) -> Batch:
+               subtype=None, patient_ids: Sequence[str] | None = None, response=None, toxicity=None) -> Batch:
     """Build a :class:`Batch` from whole arrays (``[B, d_m]`` each, ``mask [B, M]``).
 
     Masked rows are zeroed here, so what the model sees for a missing
@@ -202,7 +214,8 @@ def make_batch(features: Mapping[str, np.ndarray | torch.Tensor], mask: np.ndarr
     return Batch(features=feats, mask=mask_t, modalities=modalities,
                  bag_feats=opt(bag_feats, torch.float32), bag_index=opt(bag_index, torch.long),
                  time_days=opt(time_days, torch.float32), event=opt(event, torch.bool),
-                 subtype=opt(subtype, torch.long), patient_ids=list(patient_ids or []))
+                 subtype=opt(subtype, torch.long), patient_ids=list(patient_ids or []),
+                 response=opt(response, torch.long), toxicity=opt(toxicity, torch.float32))
 
 
 class PatientDataset(torch.utils.data.Dataset):
@@ -215,7 +228,7 @@ class PatientDataset(torch.utils.data.Dataset):
 
     def __init__(self, features: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray], *,
                  bags: Sequence[np.ndarray | None] | None = None, time_days=None, event=None, subtype=None,
-                 patient_ids: Sequence[str] | None = None):
+                 patient_ids: Sequence[str] | None = None, response=None, toxicity=None):
         n = {len(v) for v in features.values()} | {len(v) for v in present.values()}
         if bags is not None:
             n.add(len(bags))
@@ -227,7 +240,8 @@ class PatientDataset(torch.utils.data.Dataset):
         self.features = {m: np.asarray(v, dtype=np.float32) for m, v in features.items()}
         self.present = {m: np.asarray(v, dtype=bool) for m, v in present.items()}
         self.bags = bags
-        self.labels = {"time_days": time_days, "event": event, "subtype": subtype}
+        self.labels = {"time_days": time_days, "event": event, "subtype": subtype, "response": response,
+                       "toxicity": toxicity}
         self.patient_ids = list(patient_ids) if patient_ids is not None else [str(i) for i in range(self.n)]
 
     def __len__(self) -> int:
@@ -240,7 +254,7 @@ class PatientDataset(torch.utils.data.Dataset):
             s["bag"] = self.bags[i]
         for k, v in self.labels.items():
             if v is not None:
-                s[k] = v[i].item() if hasattr(v[i], "item") else v[i]
+                s[k] = v[i] if k == "toxicity" else (v[i].item() if hasattr(v[i], "item") else v[i])
         return s
 
     @property

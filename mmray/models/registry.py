@@ -24,6 +24,7 @@ from mmray.models.fusion import AttentionFusion, EarlyFusion, LateFusion, Single
 from mmray.models.heec import HEEC
 from mmray.models.hetero_gnn import HeteroGNN
 from mmray.models.losses import TASKS
+from mmray.models.mm_gnn import MMGNN
 from mmray.models.porpoise import Porpoise
 from mmray.models.survival_classic import GBSA, RSF, Coxnet, CoxPHRidge
 
@@ -142,6 +143,21 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in (
               "patient-gene graph: genes linked by expression / alterations, GAT gene -> patient, patient readout",
               {"dim": HParam(32, "choice", choices=(16, 32, 64)), "n_layers": HParam(1, "int", 1, 3),
                "n_heads": HParam(2, "choice", choices=(1, 2, 4)), "dropout": HParam(0.2, "float", 0.0, 0.5)}),
+    ModelSpec("mm_gnn", MMGNN, "torch", _TORCH_TASKS, False,
+              "multi-modal heterogeneous GNN: gene/protein/clinical/imaging feature nodes, prior-knowledge and "
+              "fold-fitted correlation edges, GAT stacks, patient->modality cross-attention + transformer, "
+              "multi-task heads (uncertainty weighting), optional graph contrastive pretraining",
+              {"dim": HParam(32, "choice", choices=(16, 32, 64)), "n_heads": HParam(2, "choice", choices=(1, 2, 4)),
+               "intra_layers": HParam(2, "int", 0, 3), "fusion": HParam("cross_attention", "choice",
+                                                                         choices=("cross_attention", "mean")),
+               "fusion_layers": HParam(1, "int", 0, 2), "dropout": HParam(0.2, "float", 0.0, 0.5),
+               "modality_dropout": HParam(0.1, "float", 0.0, 0.4), "tasks": HParam(()),
+               "task_weighting": HParam("uncertainty", "choice", choices=("uncertainty", "equal")),
+               "pretrain_epochs": HParam(0, "int", 0, 40), "temperature": HParam(0.1),
+               "edge_drop": HParam(0.2, "float", 0.0, 0.5), "feature_noise": HParam(0.1, "float", 0.0, 0.5),
+               "corr_threshold": HParam(0.5, "float", 0.3, 0.8), "corr_top_k": HParam(2, "int", 1, 8),
+               "min_prior_score": HParam(0.4, "float", 0.0, 0.9)},
+              extra=("graph", "task_dims", "pretrain_lr")),
     ModelSpec("heec", HEEC, "lightgbm", ("survival_cox", "subtype"), False,
               "LightGBM on extremum slide features + fold-screened genomics (Cox objective for survival)",
               {"screen_alpha": HParam(0.05, "float", 0.001, 0.2, log=True),

@@ -4,7 +4,10 @@ Sections, in the order of the data flow: cohort overview and modality
 coverage, failed inputs, target-leakage and bias findings, the
 cross-validated results table (model x modality set, mean ± sd over folds,
 plus the registered tuned models), the modality ablation, Kaplan-Meier
-curves of predicted risk groups with the log-rank test, the gene-signature
+curves of predicted risk groups with the log-rank test, the multi-task heads,
+the graph model's component ablation, the interpretation (modality and gene
+importance, pathway enrichment, against the planted truth of a synthetic
+cohort), the gene-signature
 models, slide heatmaps of HEEC's important extremum features and of
 PORPOISE's attention, and -- when the pipeline passes ``extra`` -- the
 per-stage timings and the served predictions.
@@ -32,6 +35,7 @@ from mmray import uri as uri_mod
 from mmray.errors import StoreError
 from mmray.report import (coverage, inputs, performance, run_sections, signature_table, site_signature,
                           slide_overlays, slide_sections)
+from mmray.report.interpret_section import gnn_ablation_section, interpretation_section, multitask_section
 from mmray.report.paired_section import paired_section
 from mmray.report.bias import bias_sections
 from mmray.report.document import InputMissing, Section, error_note, missing_note, page
@@ -141,6 +145,10 @@ def build_sections(store: FeatureStore, *, cohort: str | None = None,
         ("ablation", "Modality ablation", lambda: performance.ablation_section(need_run())),
         ("paired", "Paired comparison with the best single baseline", lambda: paired_section(need_run())),
         ("kaplan-meier", "Kaplan-Meier curves of predicted risk groups", lambda: performance.km_section(need_run())),
+        ("multitask", "Multi-task heads: response and toxicity", lambda: multitask_section(need_run())),
+        ("gnn-ablation", "Graph model: component ablation", lambda: gnn_ablation_section(store, need_run())),
+        ("interpretation", "Interpretation: modalities, genes, pathways",
+         lambda: interpretation_section(store, need_run(), cohort)),
         ("signatures", "Gene-signature models",
          lambda: signature_table.signatures_section(inputs.signature_runs(store, registry_cfg))),
         ("extremum-heatmaps", "Slide heatmaps: important extremum features",

@@ -9,6 +9,8 @@ Layout of the output folder::
     mutations.maf    MAF 2.4
     cnv.tsv          gene-level thresholded copy number
     signatures.gmt   MSigDB-style gene sets
+    proteins.tsv     RPPA-style samples x proteins, with protein_map.tsv (protein -> gene)
+    interactions.tsv prior-knowledge network: planted pathway edges plus decoys
     slides/          pyramidal tiled TIFF (JPEG), one page per level
     annotations/     QuPath GeoJSON tumour outlines of some slides (manifest column ``annotation``)
     ct/<patient>/    DICOM CT series + DICOM SEG
@@ -34,8 +36,11 @@ from mmray.synth.clinical import write_clinical
 from mmray.synth.ct import write_ct
 from mmray.synth.genomics import write_genomics
 from mmray.synth.latent import assign_corruptions, sample_patients
+from mmray.synth.network import write_interactions
 from mmray.synth.profiles import get_profile
+from mmray.synth.proteomics import write_proteins
 from mmray.synth.slides import write_slides
+from mmray.synth.treatment import append_treatment_columns, plant_treatment, treatment_truth
 
 log = logging.getLogger(__name__)
 STARTED = ".mmray-synth"  # written first: this folder is a (possibly unfinished) synthetic cohort
@@ -85,10 +90,21 @@ def write_cohort(out_dir: str | Path, *, patients: int | None = None, seed: int 
     log.info("synth: %d CT studies in %.1f s", len(studies), time.perf_counter() - stage_start)
     genomics = write_genomics(people, out_dir=out, profile=prof, seed=seed)
     clinical = write_clinical(people, out_dir=out, seed=seed)
+    # Treatment outcomes, proteins and the network draw from their own random streams: the files above
+    # are what they were before these parts existed.
+    plant_treatment(people, seed=seed)
+    new_columns = append_treatment_columns(out / clinical["file"], people, id_column=clinical["id_column"])
+    treatment = treatment_truth()
+    clinical["columns"] += new_columns
+    clinical["labels"].update({"response": treatment["response"]["column"],
+                               "toxicity": treatment["toxicity"]["columns"],
+                               "toxicity_value": treatment["toxicity"]["value"]})
+    proteins = write_proteins(people, out_dir=out, genes=genomics["genes"], seed=seed)
+    network = write_interactions(out_dir=out, genes=genomics["genes"], seed=seed)
 
     _write_manifest(out / "manifest.csv", slides=slides, studies=studies)
     _write_spec(out / "cohort.yaml", name=f"synth-{prof.name}-{n}p-seed{seed}", genomics=genomics,
-                clinical=clinical)
+                clinical=clinical, proteins=proteins, network=network)
     _attach_files(corruptions, slides=slides, studies=studies, genomics=genomics, clinical=clinical)
     truth = {
         "generator": {"mmray_version": __version__, "profile": prof.name, "patients": n, "seed": seed,
@@ -105,10 +121,15 @@ def write_cohort(out_dir: str | Path, *, patients: int | None = None, seed: int 
                    "subtype; non-tumour tissue (stroma, normal glands) carries no signal; stain colours depend "
                    "on the tissue source site, independent of risk",
             "ct": "tumour radius and texture heterogeneity grow with z_ct",
+            "proteins": "no factor of their own: proliferation/immune proteins show z_prolif/z_immune (the "
+                        "expression factor), driver readouts the driver calls (mmray.synth.proteomics)",
         },
         "patients": [_patient_truth(p) for p in people],
         "genomics": {k: v for k, v in genomics.items() if k != "files"},
         "clinical": {k: v for k, v in clinical.items() if k != "file"},
+        "treatment": treatment,
+        "proteins": proteins,
+        "interactions": network,
         "slides": slides,
         "ct": studies,
         "corruptions": corruptions,
@@ -142,7 +163,7 @@ def _write_manifest(path: Path, *, slides: list[dict], studies: list[dict]) -> N
         writer.writerows(rows)
 
 
-def _write_spec(path: Path, *, name: str, genomics: dict, clinical: dict) -> None:
+def _write_spec(path: Path, *, name: str, genomics: dict, clinical: dict, proteins: dict, network: dict) -> None:
     files = genomics["files"]
     spec = {
         "name": name,
@@ -152,6 +173,9 @@ def _write_spec(path: Path, *, name: str, genomics: dict, clinical: dict) -> Non
         "mutations": files["mutations"],
         "cnv": files["cnv"],
         "signatures": files["signatures"],
+        "proteins": {"path": proteins["files"]["proteins"], "orientation": "samples_x_proteins",
+                     "gene_map": proteins["files"]["map"]},
+        "interactions": network["file"],
         "labels": clinical["labels"],
     }
     header = "# Synthetic cohort written by `mmray synth`; see docs/cohort.md for the fields.\n"

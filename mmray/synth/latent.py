@@ -98,6 +98,13 @@ class Patient:
     has_mutations: bool
     has_cnv: bool
     corruptions: list[str] = field(default_factory=list)
+    # Proteins and treatment outcomes: drawn after the rest from their own random streams
+    # (mmray.synth.proteomics, mmray.synth.treatment), so they change nothing above.
+    has_proteins: bool = False
+    z_response: float = 0.0
+    z_toxicity: float = 0.0
+    response: str | None = None  # best response; None: not evaluated
+    toxicity: dict[str, bool] = field(default_factory=dict)  # grade-3+ toxicity -> happened
 
     @property
     def z_expression(self) -> float:

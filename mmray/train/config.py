@@ -20,7 +20,7 @@ CLASSIC_SET = ("coxnet", "coxph_ridge", "rsf", "gbsa", "ensemble")  # classical 
 
 DEFAULT_SETS: dict[str, tuple[str, ...]] = {
     "clinical": ("clinical",), "expression": ("expression",), "mutations_cnv": ("mutations_cnv",),
-    "radiomics": ("radiomics",), "slide": ("slide",),
+    "radiomics": ("radiomics",), "slide": ("slide",), "proteins": ("proteins",),
     "omics": ("expression", "mutations_cnv"),
     "tabular": ("clinical", "expression", "mutations_cnv", "radiomics"),
     "all": ("clinical", "expression", "mutations_cnv", "radiomics", "slide"),
@@ -101,6 +101,28 @@ class ModelEntry:
     name: str
     sets: tuple[str, ...] = ()
     hparams: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None  # the name in the results (default: name); two entries of one model need two labels
+    preprocess: dict[str, Any] = field(default_factory=dict)  # {top_k_var: {...}, screen: {...}} over the job's
+    ablation: bool = False  # also run the entry without each of its components (mmray.train.gnn_ablation)
+
+    def validate(self):
+        bad = sorted(set(self.preprocess) - {"top_k_var", "screen"})
+        if bad:
+            yield ("preprocess", f"unknown key(s) {bad}; an entry may override top_k_var and screen")
+
+
+@dataclass(frozen=True)
+class InterpretConfig:
+    """Interpretation of every fusion model's held-out folds (mmray.train.interpret)."""
+
+    enabled: bool = True
+    ig_steps: int = 24  # integrated-gradients steps (0: no gene attributions)
+    top_k: int = 50  # genes ranked, compared across folds and tested for enrichment
+    models: tuple[str, ...] = ()  # labels to interpret; empty: every torch fusion model
+
+    def validate(self):
+        if self.ig_steps < 0 or self.top_k < 1:
+            yield ("", f"ig_steps must be >= 0 and top_k >= 1, got {self.ig_steps} and {self.top_k}")
 
 
 @dataclass(frozen=True)
@@ -132,6 +154,7 @@ class TrainJobConfig:
     tile_group: str = "wsi_tiles"
     max_tiles: int | None = 4096
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    interpret: InterpretConfig = field(default_factory=InterpretConfig)
 
     def validate(self):
         from mmray.models.registry import MODELS

@@ -35,6 +35,8 @@ from mmray.train.config import TrainJobConfig, sets_for
 from mmray.train.fold_fit import FoldSettings, fit_fold_heec, fit_fold_torch, fold_rows
 from mmray.train.classic_runner import CLASSIC_MODELS, ClassicJob, run_classic_jobs
 from mmray.train.folds import FOLDS_GROUP, load_or_make_repeated_folds
+from mmray.train.gnn_ablation import expand_models
+from mmray.train.run_extras import entry_settings, run_extras
 from mmray.train.paired import paired_table
 from mmray.train.preprocess import ModalityLayout
 
@@ -82,7 +84,8 @@ def settings_of(cfg: TrainJobConfig) -> FoldSettings:
                         grad_clip=t.grad_clip, ties=t.ties, n_bins=t.n_bins, class_weights=t.class_weights,
                         fail_at_epoch=t.fail_at_epoch, lgbm_executor=cfg.lgbm.executor, lgbm_workers=cfg.lgbm.workers,
                         top_k_var=dict(cfg.preprocess.top_k_var), screen=dict(cfg.preprocess.screen), seed=cfg.seed,
-                        tile_group=cfg.tile_group, store=cfg.store, max_tiles=cfg.max_tiles)
+                        tile_group=cfg.tile_group, store=cfg.store, max_tiles=cfg.max_tiles,
+                        interpret=to_dict(cfg.interpret))
 
 
 def task_rows(labels_table: pd.DataFrame, task: str) -> pd.DataFrame:
@@ -140,11 +143,12 @@ def run_train(cfg: TrainJobConfig) -> TrainReport:
     workdir = Path(cfg.workdir or (Path(output) / "runs" if not uri_mod.is_s3(output) else Path("mmray_work") / run))
     data = load_job_data(cfg, store, layout)
     settings = settings_of(cfg)
-    notes: list[str] = []
+    entries, notes = expand_models(cfg.models)
     res_rows, preds, imps, atts = [], [], [], []
+    extra_tables: dict[str, list[pd.DataFrame]] = {}
     plan = []
     for task in cfg.tasks:
-        for entry in cfg.models:
+        for label, entry in entries:
             for set_name in sets_for(entry, cfg.modality_sets):
                 mods = tuple(cfg.modality_sets[set_name])
                 missing = [m for m in mods if m not in data.available]
@@ -157,7 +161,7 @@ def run_train(cfg: TrainJobConfig) -> TrainReport:
                 if entry.name == "heec" and task == "survival_discrete":
                     notes.append(f"heec has no survival_discrete objective; skipped on {set_name}")
                     continue
-                plan.append((task, entry, set_name, mods))
+                plan.append((task, entry, set_name, mods, label))
     log.info("run %s: %d model x modality-set combination(s) x %d folds x %d repeat(s); folds %s@%s", run,
              len(plan), cfg.folds.n_folds, cfg.folds.repeats, FOLDS_GROUP, ",".join(data.repeat_versions))
     tables = {t: task_rows(data.table, t) for t in cfg.tasks}
@@ -181,10 +185,14 @@ def run_train(cfg: TrainJobConfig) -> TrainReport:
             imps.append(out.importances.assign(**key))
         if out.attention is not None and len(out.attention):
             atts.append(out.attention.assign(**key))
+        for name, frame in out.tables.items():
+            if frame is not None and len(frame):
+                extra_tables.setdefault(name, []).append(frame.assign(**key))
 
     classic_jobs = []
-    for i, (task, entry, set_name, mods) in enumerate(plan, 1):
+    for i, (task, entry, set_name, mods, label) in enumerate(plan, 1):
         table = tables[task]
+        fold_settings = entry_settings(settings, entry)
         if entry.name in CLASSIC_MODELS:  # fitted below, all at once as Ray tasks
             classic_jobs += [ClassicJob(task, entry.name, set_name, mods, dict(entry.hparams), r, f)
                              for r in range(repeats) for f in range(cfg.folds.n_folds)]
@@ -193,27 +201,27 @@ def run_train(cfg: TrainJobConfig) -> TrainReport:
         for repeat, folds in enumerate(data.repeat_folds):
             for fold in range(cfg.folds.n_folds):
                 t0 = time.perf_counter()
-                base = base_of(task, entry.name, set_name, mods, entry.hparams, repeat, fold)
+                base = base_of(task, label, set_name, mods, entry.hparams, repeat, fold)
                 rdir = f"fold{fold}" if repeat == 0 else f"repeat{repeat}_fold{fold}"
-                run_dir = workdir / task / f"{entry.name}__{set_name}" / rdir
+                run_dir = workdir / task / f"{label}__{set_name}" / rdir
                 try:
                     rows = fold_rows(table, folds, fold=fold, val_fraction=cfg.train.val_fraction, seed=cfg.seed)
                     if entry.name == "heec":
                         out = fit_fold_heec(hparams=entry.hparams, task=task, modalities=mods, rows=rows, fold=fold,
-                                            classes=classes, settings=settings, run_dir=run_dir, layout=layout)
+                                            classes=classes, settings=fold_settings, run_dir=run_dir, layout=layout)
                     else:
                         out = fit_fold_torch(model=entry.name, hparams=entry.hparams, task=task, modalities=mods,
-                                             rows=rows, fold=fold, classes=classes, settings=settings,
-                                             run_dir=run_dir, layout=layout)
+                                             rows=rows, fold=fold, classes=classes, settings=fold_settings,
+                                             run_dir=run_dir, layout=layout, label=label)
                 except Exception as e:  # noqa: BLE001  one failed fit is recorded; the rest of the job goes on
-                    log.error("[%d/%d] %s %s %s fold %d FAILED: %s", i, len(plan), task, entry.name, set_name, fold, e)
+                    log.error("[%d/%d] %s %s %s fold %d FAILED: %s", i, len(plan), task, label, set_name, fold, e)
                     log.debug("%s", traceback.format_exc())
                     record(base, e, time.perf_counter() - t0)
                     continue
                 record(base, out, time.perf_counter() - t0)
                 head = "auc" if task == "subtype" else "harrell_c"
                 log.info("[%d/%d] %s %-16s %-14s repeat %d fold %d/%d: %s=%.3f (%.1f s)", i, len(plan), task,
-                         entry.name, set_name, repeat, fold + 1, cfg.folds.n_folds, head,
+                         label, set_name, repeat, fold + 1, cfg.folds.n_folds, head,
                          out.metrics.get(head, float("nan")), time.perf_counter() - t0)
     run_classic_jobs(classic_jobs, tables=tables, folds=data.repeat_folds, settings=settings, layout=layout,
                      on_done=lambda j, out, sec: record(base_of(j.task, j.model, j.set_name, j.modalities,
@@ -238,8 +246,12 @@ def run_train(cfg: TrainJobConfig) -> TrainReport:
         files["importances.parquet"] = R.parquet_bytes(importances)
     if atts:
         files["attention.parquet"] = R.parquet_bytes(pd.concat(atts, ignore_index=True))
+    more = run_extras(cfg, store, summary, {k: pd.concat(v, ignore_index=True) for k, v in extra_tables.items()},
+                      entries)
+    files.update(more.files)
     files["results.json"] = R.json_bytes({**meta, "results": R.records(results), "summary": R.records(summary),
-                                          "ablation": R.records(ablation), "paired": R.records(paired)})
+                                          "ablation": R.records(ablation), "paired": R.records(paired),
+                                          **more.records})
     written = R.write_outputs(output, files)
     report = TrainReport(run, output, results, summary, ablation, predictions, importances, written, notes=notes)
     if cfg.mlflow.enabled:

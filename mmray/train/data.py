@@ -9,6 +9,8 @@ One row per patient.  Columns (``M`` modalities of the model)::
     subtype             int64                  (class index; -1 when unknown)
     weight              float32                (1 real row, 0 padding)
     bag_ids             list<string>           (MIL models: the patient's slide ids)
+    y__response         int64                  (multi-task models: response class; -1 unknown)
+    y__toxicity         tensor [T] float32     (multi-task models: toxicity labels; NaN unknown)
 
 For MIL models a Ray Data stage (:func:`read_tiles`: a :class:`TileReader`
 per worker process) reads each patient's tiles from the store's tile bag group
@@ -42,8 +44,11 @@ TILE_COLUMN = "embedding"
 
 
 def prepared_columns(prep: Prepared, *, bag_ids: Sequence | None = None, pad_to_multiple: int = 1,
-                     seed: int = 0) -> dict[str, np.ndarray]:
-    """The column dict of ``prep`` (module doc), padded with zero-weight copies of random rows."""
+                     seed: int = 0, extra: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The column dict of ``prep`` (module doc), padded with zero-weight copies of random rows.
+
+    ``extra``: more per-row columns (``y__<label>`` of multi-task models), ``[n, ...]`` each.
+    """
     n = len(prep.patient_ids)
     cols: dict[str, np.ndarray] = {"patient_id": np.asarray(prep.patient_ids, dtype=object)}
     for j, m in enumerate(prep.modalities):
@@ -58,9 +63,13 @@ def prepared_columns(prep: Prepared, *, bag_ids: Sequence | None = None, pad_to_
             raise DataError(f"bag_ids has {len(bag_ids)} entries for {n} patients")
         cols["bag_ids"] = np.asarray([list(b) if b is not None else [] for b in bag_ids] + [None],
                                      dtype=object)[:-1]
-    extra = (-n) % max(1, pad_to_multiple)
-    if extra:
-        pick = np.random.default_rng(seed).integers(0, n, size=extra)
+    for k, v in (extra or {}).items():
+        if len(v) != n:
+            raise DataError(f"column {k!r} has {len(v)} rows for {n} patients")
+        cols[k] = np.asarray(v)
+    pad = (-n) % max(1, pad_to_multiple)
+    if pad:
+        pick = np.random.default_rng(seed).integers(0, n, size=pad)
         cols = {k: np.concatenate([v, v[pick]]) for k, v in cols.items()}
         cols["weight"][n:] = 0.0
     return cols
@@ -71,7 +80,7 @@ def to_arrow(cols: Mapping[str, np.ndarray]) -> pa.Table:
 
     arrays = {}
     for k, v in cols.items():
-        if k.startswith("x__"):
+        if k.startswith("x__") or np.ndim(v) > 1:
             arrays[k] = ArrowTensorArray.from_numpy(np.ascontiguousarray(v))
         elif k == "bag_ids":
             arrays[k] = pa.array([list(map(str, b)) for b in v], type=pa.list_(pa.string()))
@@ -204,6 +213,10 @@ def to_batch(cols: Mapping[str, np.ndarray], *, modalities: Sequence[str], dims:
              "event": bool(cols["event"][i]), "subtype": int(cols["subtype"][i])}
         if BAG in modalities:
             s["bag"] = cols["bag"][i] if "bag" in cols else None
+        if "y__response" in cols:
+            s["response"] = int(cols["y__response"][i])
+        if "y__toxicity" in cols:
+            s["toxicity"] = cols["y__toxicity"][i]
         samples.append(s)
     batch = collate(samples, modalities=modalities, dims=dims, bag_dim=bag_dim)
     return batch, torch.from_numpy(np.array(cols["weight"], dtype=np.float32))

@@ -26,6 +26,7 @@ from mmray.models.registry import build_model
 from mmray.train import data as D
 from mmray.train.dist import _all_sum, global_loss, world_size
 from mmray.train.loop_core import EarlyStopping, Predictions, predict, seed_everything, validation_score
+from mmray.train.multitask import is_multitask, multitask_loss, multitask_validation_score
 
 
 @dataclass
@@ -96,6 +97,7 @@ class EpochTrainer:
                    if spec.class_weights else None)
         self.kw = {"batch_size": spec.batch_size, "modalities": self.model.modalities, "dims": spec.modality_dims,
                    "bag_dim": spec.bag_dim}
+        self.multitask = is_multitask(self.model)
 
     # ------------------------------------------------------------ state
     def load(self, state: dict) -> None:
@@ -145,7 +147,12 @@ class EpochTrainer:
         for batch, w in D.batches(source, shuffle_seed=s.seed * 100003 + epoch, **self.kw):
             batch, w = batch.to(self.device), w.to(self.device)
             self.opt.zero_grad(set_to_none=True)
-            loss, value = global_loss(s.task, net(batch), batch, w, ties=s.ties, bins=self.bins, class_weights=self.cw)
+            if self.multitask:  # one head per task, weighted by homoscedastic uncertainty (mmray.train.multitask)
+                loss, value = multitask_loss(self.model, net(batch, heads=True), batch, w, ties=s.ties,
+                                             bins=self.bins, class_weights=self.cw)
+            else:
+                loss, value = global_loss(s.task, net(batch), batch, w, ties=s.ties, bins=self.bins,
+                                          class_weights=self.cw)
             if not torch.isfinite(loss):
                 raise DataError(f"training loss became {float(loss)} at epoch {epoch}; lower the learning rate")
             loss.backward()
@@ -171,12 +178,25 @@ class EpochTrainer:
     def step(self, train_source, val_source) -> dict:
         """Train one epoch, score validation, update early stopping; the epoch's history row."""
         t0 = time.perf_counter()
+        pre = {}
+        if self.epoch == -1 and getattr(self.model, "pretrain_epochs", 0) > 0:  # graph contrastive pretraining
+            from mmray.train.contrastive import pretrain
+
+            losses = pretrain(self.model, train_source, kw=self.kw, seed=self.spec.seed, device=self.device,
+                              weight_decay=self.spec.weight_decay, grad_clip=self.spec.grad_clip)
+            pre = {"pretrain_epochs": len(losses), "pretrain_loss_first": losses[0] if losses else None,
+                   "pretrain_loss_last": losses[-1] if losses else None}
         loss, rows = self.train_epoch(train_source)
         train_s = time.perf_counter() - t0
         self.epoch += 1
-        score = validation_score(self.spec.task, self.predict(val_source))
+        parts = {}
+        if self.multitask:  # every head's validation metric, averaged (mmray.train.multitask)
+            score, parts = multitask_validation_score(self.model, val_source, kw=self.kw, device=self.device)
+        else:
+            score = validation_score(self.spec.task, self.predict(val_source))
         self.stopper.step(score, self.model, epoch=self.epoch)
         row = {"epoch": self.epoch, "train_loss": loss, "val_score": score, "attempt": self.attempt, "rows": rows,
-               "train_seconds": train_s, "seconds": time.perf_counter() - t0}
+               "train_seconds": train_s, "seconds": time.perf_counter() - t0, **pre,
+               **{f"val_{t}": v for t, v in parts.items()}}
         self.history.append(row)
         return row

@@ -25,7 +25,9 @@ from mmray.models.losses import TimeBins, balanced_class_weights
 from mmray.train import data as D
 from mmray.train.attention import tile_attention
 from mmray.train.evaluate import FoldScore, risk_of, score_subtype, score_survival, softmax
+from mmray.train.fold_extras_out import add_fold_extras
 from mmray.train.folds import inner_split, split
+from mmray.train.gnn_fold import fold_extras
 from mmray.train.preprocess import ModalityLayout, Preprocessor
 from mmray.train.ray_torch import TorchSpec, fit_torch, predict_columns
 
@@ -59,6 +61,7 @@ class FoldSettings:
     tile_group: str = D.TILE_GROUP
     store: str | None = None
     max_tiles: int | None = 4096
+    interpret: Mapping | None = None  # mmray.train.config.InterpretConfig as a dict; None: no interpretation
 
 
 @dataclass
@@ -69,6 +72,8 @@ class FoldOutcome:
     importances: pd.DataFrame | None = None
     notes: list[str] = field(default_factory=list)
     attention: pd.DataFrame | None = None  # MIL models: per-tile attention on the test fold (slide heatmaps)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # more per-fold tables (graph edges,
+    # gene / modality importance): written as <name>.parquet with the run's results
 
 
 @dataclass
@@ -124,6 +129,7 @@ class TorchFold:
     cols: dict  # split -> column dict (fit padded to the worker count)
     tiles: dict | None
     bins: TimeBins | None
+    extras: object = None  # mmray.train.gnn_fold.FoldExtras: fold graph, auxiliary tasks (mm_gnn, multi-task)
 
     def source(self, split: str):
         """Column dict, or a Ray Dataset reading tile bags as it streams (MIL models)."""
@@ -160,14 +166,15 @@ def prepare_torch_fold(*, model: str, hparams: Mapping, task: str, modalities: S
         tiles = {"store": s.store, "group": s.tile_group, "max_tiles": s.max_tiles, "seed": s.seed}
         bag = {k: D.bag_ids_of(getattr(rows, k), s.tile_group) for k in P}
         bag_dim = tile_dim(s.store, s.tile_group)
+    extras = fold_extras(model=model, hparams=hparams, task=task, pre=pre, prepared=P, rows=rows, store=s.store)
     spec = TorchSpec(model=model, task=task, modality_dims=pre.dims, n_out=n_out, bag_dim=bag_dim,
-                     hparams=dict(hparams), lr=s.lr, weight_decay=s.weight_decay, batch_size=s.batch_size,
+                     hparams={**dict(hparams), **(extras.hparams if extras else {})}, lr=s.lr, weight_decay=s.weight_decay, batch_size=s.batch_size,
                      max_epochs=s.max_epochs, patience=s.patience, seed=s.seed + 1000 * fold, grad_clip=s.grad_clip,
                      ties=s.ties, bins=bins.to_dict() if bins else None, class_weights=cw,
                      fail_at_epoch=s.fail_at_epoch)
     cols = {k: D.prepared_columns(P[k], bag_ids=bag[k], pad_to_multiple=s.workers if k == "fit" else 1,
-                                  seed=s.seed) for k in P}
-    return TorchFold(pre, P, spec, cols, tiles, bins)
+                                  seed=s.seed, extra=extras.columns.get(k) if extras else None) for k in P}
+    return TorchFold(pre, P, spec, cols, tiles, bins, extras)
 
 
 def score_torch(tf: TorchFold, model, rows: FoldRows, fold: int) -> tuple[FoldScore, pd.DataFrame]:
@@ -189,15 +196,18 @@ def score_torch(tf: TorchFold, model, rows: FoldRows, fold: int) -> tuple[FoldSc
 
 def fit_fold_torch(*, model: str, hparams: Mapping, task: str, modalities: Sequence[str], rows: FoldRows,
                    fold: int, classes: Sequence[str] | None, settings: FoldSettings, run_dir: Path,
-                   layout: ModalityLayout | None = None) -> FoldOutcome:
-    """Fit a torch model on one fold (module doc) on Ray Train and score its test fold."""
+                   layout: ModalityLayout | None = None, label: str | None = None) -> FoldOutcome:
+    """Fit a torch model on one fold (module doc) on Ray Train and score its test fold.
+
+    ``label``: the model's name in the results (``interpret.models`` selects by it); default ``model``.
+    """
     s = settings
     tf = prepare_torch_fold(model=model, hparams=hparams, task=task, modalities=modalities, rows=rows, fold=fold,
                             classes=classes, settings=s, layout=layout)
+    extra_files = {"preprocess.pkl": pickle.dumps(tf.pre)}
     fit = fit_torch(tf.spec, train=tf.cols["fit"], val=tf.cols["val"], run_dir=run_dir, executor=s.executor,
                     workers=s.workers, use_gpu=s.use_gpu, max_failures=s.max_failures, keep=s.keep_checkpoints,
-                    tiles=tf.tiles, extra_files={"preprocess.pkl": pickle.dumps(tf.pre)},
-                    threads_per_worker=s.threads_per_worker)
+                    tiles=tf.tiles, extra_files=extra_files, threads_per_worker=s.threads_per_worker)
     score, preds = score_torch(tf, fit.model, rows, fold)
     info = {"best_epoch": fit.best_epoch, "best_val_score": fit.best_score, "epochs_run": len(fit.history),
             "seconds": fit.seconds, "n_fit": len(rows.fit), "n_val": len(rows.val), "n_test": len(rows.test),
@@ -206,7 +216,9 @@ def fit_fold_torch(*, model: str, hparams: Mapping, task: str, modalities: Seque
     if tf.tiles is not None and hasattr(fit.model, "forward_with_attention"):
         attention = tile_attention(fit.model, tf.cols["test"], store=s.store, group=s.tile_group, dims=tf.pre.dims,
                                    bag_dim=tf.spec.bag_dim, fold=fold)
-    return FoldOutcome(score.metrics, preds, info, notes=score.notes, attention=attention)
+    out = FoldOutcome(score.metrics, preds, info, notes=score.notes, attention=attention)
+    add_fold_extras(out, tf=tf, model=fit.model, fold=fold, settings=s, history=fit.history, model_name=label or model)
+    return out
 
 
 def _align(pred, ids: Sequence[str]) -> np.ndarray:

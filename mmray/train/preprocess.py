@@ -37,7 +37,8 @@ from mmray.train.folds import split
 
 DEFAULT_GROUPS: dict[str, tuple[str, ...]] = {
     "clinical": ("clinical",), "expression": ("expression",), "mutations_cnv": ("mutations", "cnv"),
-    "radiomics": ("radiomics",), "slide": ("wsi_patient", "wsi_nuclei_patient"),  # embeddings + nuclei
+    "proteins": ("proteins",), "radiomics": ("radiomics",),
+    "slide": ("wsi_patient", "wsi_nuclei_patient"),  # embeddings + nuclei
 }
 _META_SUFFIXES = ("__event_time", "__bag_ids")
 # Bookkeeping columns some groups carry next to their features, never model inputs: the WSI aggregates'

@@ -27,6 +27,7 @@ then the best model from the final checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -188,7 +189,12 @@ def fit_torch(spec: TorchSpec, *, train: dict, val: dict, run_dir: str | Path, e
     if executor == "local":
         session = LocalSession(run_dir, {"train": _source(train, tiles), "val": _source(val, tiles)}, keep=keep,
                                device="cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        run_loop(spec, session, extra_files=extra_files, heartbeat_dir=str(heartbeat_dir) if heartbeat_dir else None)
+        # The driver loop gets the threads a worker would (threads_per_worker): on a shared machine torch's
+        # default (one thread per core) makes every small op wait on busy cores; measured at load ~25 on 2
+        # cores, one fold of 4 epochs: attention fusion 24 s -> 8 s, mm_gnn 95 s -> 16 s with 1 thread.
+        with torch_threads(threads_per_worker):
+            run_loop(spec, session, extra_files=extra_files,
+                     heartbeat_dir=str(heartbeat_dir) if heartbeat_dir else None)
         ckpt = session.latest_checkpoint
     else:
         ckpt = _fit_ray_train(spec, train=train, val=val, run_dir=run_dir, workers=workers, use_gpu=use_gpu,
@@ -200,6 +206,17 @@ def fit_torch(spec: TorchSpec, *, train: dict, val: dict, run_dir: str | Path, e
     return TorchFit(model=model, best_score=float(state["stopper"]["best_score"]),
                     best_epoch=int(state["stopper"]["best_epoch"]), history=list(state["history"]),
                     checkpoint=str(ckpt), seconds=time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with ``n`` torch threads (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _source(cols: dict, tiles: dict | None):

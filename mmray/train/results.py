@@ -6,6 +6,8 @@
     n_fit, n_val, n_test, best_epoch, seconds,
     harrell_c, uno_c, td_auc, ibs            (survival tasks; NaN otherwise)
     auc, balanced_accuracy                   (subtype)
+    response_accuracy, response_balanced_accuracy, response_auc, toxicity_auroc,
+    toxicity_auroc__<label>, task_weight_<task>   (multi-task models)
 
 ``summary`` (one row per task x model x modality set): ``n_folds_ok`` and, for
 every metric, ``<metric>_mean`` and ``<metric>_sd`` over the folds of every
@@ -43,7 +45,9 @@ from mmray.train.evaluate import HEADLINE, SUBTYPE_METRICS, SURVIVAL_METRICS, he
 
 log = logging.getLogger(__name__)
 KEYS = ["task", "model", "modality_set"]
-ALL_METRICS = SURVIVAL_METRICS + SUBTYPE_METRICS
+# auxiliary heads of multi-task models (mmray.train.gnn_fold.score_aux_tasks)
+AUX_METRICS = ("response_accuracy", "response_balanced_accuracy", "response_auc", "toxicity_auroc")
+ALL_METRICS = SURVIVAL_METRICS + SUBTYPE_METRICS + AUX_METRICS
 
 
 def _mean_sd(values) -> tuple[float, float]:
@@ -129,7 +133,7 @@ def format_summary(summary: pd.DataFrame) -> str:
         head = r["headline"]
         ci = f"[{r.get(f'{head}_ci_low', math.nan):.3f}, {r.get(f'{head}_ci_high', math.nan):.3f}]"
         others = " ".join(f"{m}={r[f'{m}_mean']:.3f}±{r[f'{m}_sd']:.3f}" for m in
-                          (SUBTYPE_METRICS if r["task"] == "subtype" else SURVIVAL_METRICS)
+                          (SUBTYPE_METRICS if r["task"] == "subtype" else SURVIVAL_METRICS) + AUX_METRICS
                           if m != head and f"{m}_mean" in r and pd.notna(r.get(f"{m}_mean")))
         lines.append(f"{r['task']:<16} {r['model']:<17} {r['modality_set']:<14} {head} "
                      f"{r.get(f'{head}_mean', math.nan):.3f} ± {r.get(f'{head}_sd', math.nan):.3f} {ci} "

@@ -37,7 +37,7 @@ from mmray.errors import DataError
 from mmray.store import FeatureStore
 from mmray.train import results as R
 from mmray.train.classic_runner import CLASSIC_MODELS
-from mmray.train.config import ModelEntry, TrainJobConfig
+from mmray.train.config import InterpretConfig, ModelEntry, TrainJobConfig
 from mmray.train.cv import load_job_data, run_train, settings_of, task_rows
 from mmray.train.fold_fit import FoldRows, heec_columns, heec_hparams, heec_labels, prepare_torch_fold
 from mmray.train.folds import inner_split
@@ -92,7 +92,8 @@ def train_config(cfg: TuneJobConfig, *, hparams: dict, train: dict, executor: st
                           models=(ModelEntry(cfg.model, sets=("tuned",), hparams=hparams),), folds=cfg.folds,
                           train=t, lgbm=dataclasses.replace(cfg.lgbm, executor=executor), preprocess=cfg.preprocess,
                           n_boot=cfg.n_boot, seed=cfg.seed, run_name=run_name, output=output,
-                          tile_group=cfg.tile_group, max_tiles=cfg.max_tiles, mlflow=cfg.mlflow)
+                          tile_group=cfg.tile_group, max_tiles=cfg.max_tiles, mlflow=cfg.mlflow,
+                          interpret=InterpretConfig(enabled=False))  # scores only: `mmray train` interprets
 
 
 def _trials_table(results) -> pd.DataFrame:

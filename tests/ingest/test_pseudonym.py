@@ -68,10 +68,11 @@ def pseudonymised(tmp_path_factory):
 
 def test_one_pseudonym_per_patient_across_every_modality(pseudonymised):
     truth, store, key, reports = pseudonymised
-    assert sorted(store.groups()) == ["clinical", "cnv", "expression", "labels", "mutations"]
+    assert sorted(store.groups()) == ["clinical", "cnv", "expression", "labels", "mutations", "proteins"]
     expected = {p["patient_id"]: key(p["patient_id"]) for p in truth["patients"]}
     has = {"clinical": lambda p: True, "labels": lambda p: True, "expression": lambda p: p["has_expression"],
-           "mutations": lambda p: p["has_mutations"], "cnv": lambda p: p["has_cnv"]}
+           "mutations": lambda p: p["has_mutations"], "cnv": lambda p: p["has_cnv"],
+           "proteins": lambda p: p["has_proteins"]}
     bad_label = {r["patient_id"] for r in truth["clinical"]["corrupt_rows"]}
     for group, present in has.items():
         ids = set(store.read_table(group, columns=["patient_id"])["patient_id"])

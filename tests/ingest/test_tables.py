@@ -19,7 +19,7 @@ from mmray.ingest.run import IngestConfig, run_ingest
 from mmray.store import FeatureStore, training_table
 from mmray.synth.cohort import write_cohort
 
-GROUPS = ["clinical", "cnv", "expression", "labels", "mutations"]
+GROUPS = ["clinical", "cnv", "expression", "labels", "mutations", "proteins"]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,9 @@ def test_groups_and_schemas(ingested):
     assert store.groups() == GROUPS
     types = {g: {c["name"]: c["type"] for c in store.manifest(g)["columns"]} for g in GROUPS}
     assert types["labels"] == {"patient_id": "string", "event_time": "timestamp[us, tz=UTC]", "time_days": "double",
-                               "event": "int8", "subtype": "string", "subtype_code": "int64"}
+                               "event": "int8", "subtype": "string", "subtype_code": "int64", "response": "string",
+                               "response_code": "int64", "toxicity_grade3plus_neutropenia": "int8",
+                               "toxicity_grade3plus_pneumonitis": "int8", "toxicity_grade3plus_fatigue": "int8"}
     assert set(types["expression"]) - {"patient_id", "event_time"} == set(truth["genomics"]["genes"])
     assert {t for c, t in types["expression"].items() if c not in ("patient_id", "event_time")} == {"float"}
     assert {t for c, t in types["mutations"].items() if c not in ("patient_id", "event_time")} == {"int8"}

@@ -17,7 +17,7 @@ from mmray.train.metrics import balanced_accuracy, harrell_c
 
 DIMS = {"clinical": 4, "expression": 12, "radiomics": 6}
 TILE_DIM = 8
-TORCH_MODELS = ["single", "early_fusion", "late_fusion", "attention_fusion", "porpoise", "hetero_gnn"]
+TORCH_MODELS = ["single", "early_fusion", "late_fusion", "attention_fusion", "porpoise", "hetero_gnn", "mm_gnn"]
 
 
 def _build(name, task, n_out, dims=DIMS, **hp):

@@ -35,7 +35,7 @@ def digest_tree(root: Path) -> dict[str, str]:
 @pytest.mark.slow  # the module fixture writes a whole cohort (~20 s)
 def test_spec_loads_and_names_every_part(tiny):
     cohort = load_cohort(tiny / "cohort.yaml")
-    assert cohort.modalities() == ["clinical", "expression", "mutations", "cnv", "wsi", "ct"]
+    assert cohort.modalities() == ["clinical", "expression", "mutations", "cnv", "proteins", "knowledge", "wsi", "ct"]
     assert cohort.spec.labels.event_value == "Dead"
     manifest = cohort.manifest()
     truth = json.loads((tiny / "truth.json").read_text())
