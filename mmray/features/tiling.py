@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from mmray.errors import InputError
+from mmray.features.thumbnail import best_level  # noqa: F401  (tiling.best_level is API)
 from mmray.features.tissue import TissueParams, box_fractions, detect_tissue, read_thumbnail
 from mmray.ingest.slide_resolution import DEFAULT_MPP_RANGE
 
@@ -81,19 +82,6 @@ def check_plan_size(tiles: SlideTiles, *, limits: PlanLimits, name: str, mpp_fro
                          f"{tiles.mpp_l0:.4g} um/px from {mpp_from}), more than wsi.max_tiles_per_slide="
                          f"{limits.max_tiles_per_slide:,}; check the slide's resolution, or raise "
                          f"wsi.max_tiles_per_slide", item=name)
-
-
-def best_level(downsamples, downsample: float, *, rel_tol: float = 1e-3) -> int:
-    """The coarsest level whose downsample is at most ``downsample`` (0 if none is).
-
-    OpenSlide's rule, with a relative tolerance so a level reported as 4.0002x
-    still serves a 4x request.
-    """
-    best = 0
-    for level, ds in enumerate(downsamples):
-        if ds <= downsample * (1 + rel_tol):
-            best = level
-    return best
 
 
 def read_plan(downsamples, *, extent_l0: int, out_px: int) -> tuple[int, int]:

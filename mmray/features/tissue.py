@@ -15,9 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 from skimage import filters
+
+from mmray.features.thumbnail import read_downsampled, rgba_to_rgb  # noqa: F401  (rgba_to_rgb is API here)
 
 
 @dataclass(frozen=True)
@@ -142,29 +143,12 @@ def box_fractions(mask: np.ndarray, *, x0: np.ndarray, y0: np.ndarray, size: flo
 def read_thumbnail(slide, *, mpp_l0: float, params: TissueParams) -> tuple[np.ndarray, float]:
     """An (H, W, 3) uint8 thumbnail of the whole slide and its resolution (micrometres per pixel).
 
-    Reads the coarsest pyramid level at least as fine as ``params.thumbnail_mpp``
-    and resizes it to that resolution (or to ``thumbnail_max_px`` on the long
-    side, whichever is coarser).  Transparent (outside the scanned area) pixels
-    become white.
+    Box-filtered from the coarsest pyramid level at least as fine as ``params.thumbnail_mpp`` to that
+    resolution (or to ``thumbnail_max_px`` on the long side, whichever is coarser), read block by block
+    (:func:`mmray.features.thumbnail.read_downsampled`: never the whole level in memory).  Transparent
+    (outside the scanned area) pixels become white.
     """
-    from mmray.features.tiling import best_level
-
     w0, h0 = slide.level_dimensions[0]
     want_ds = max(params.thumbnail_mpp / mpp_l0, max(w0, h0) / params.thumbnail_max_px, 1.0)
-    level = best_level(slide.level_downsamples, want_ds)
-    lw, lh = slide.level_dimensions[level]
-    rgba = np.asarray(slide.read_region((0, 0), level, (lw, lh)))
-    rgb = rgba_to_rgb(rgba)
     tw, th = max(1, int(round(w0 / want_ds))), max(1, int(round(h0 / want_ds)))
-    if (tw, th) != (lw, lh):
-        rgb = np.asarray(Image.fromarray(rgb).resize((tw, th), Image.Resampling.BOX))
-    return rgb, mpp_l0 * w0 / tw
-
-
-def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
-    """OpenSlide's RGBA (transparent where nothing was scanned) as RGB with white there."""
-    rgb = np.ascontiguousarray(rgba[..., :3])
-    empty = rgba[..., 3] == 0
-    if empty.any():
-        rgb[empty] = 255
-    return rgb
+    return read_downsampled(slide, downsample=want_ds, size=(tw, th)), mpp_l0 * w0 / tw
