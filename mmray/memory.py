@@ -45,3 +45,97 @@ def reset_peak_rss(pid: int | str = "self") -> bool:
 
 def mib(n: int | None) -> float | None:
     return None if n is None else round(n / 2**20, 1)
+
+
+def _children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        kids.setdefault(ppid, []).append(int(entry))
+    return kids
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (children, their children, ...)."""
+    kids, out, todo = _children_map(), [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def process_role(pid: int, root: int) -> str:
+    """``driver`` (the root), ``worker: <task>`` for Ray workers, ``ray: <service>`` for Ray's own processes."""
+    if pid == root:
+        return "driver"
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "gone"
+    if cmd.startswith("ray::"):
+        return "worker: " + cmd[5:].split(" ")[0]
+    if "default_worker.py" in cmd:
+        return "worker: starting"
+    for service in ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor.py", "runtime_env", "plasma"):
+        if service in cmd:
+            return f"ray: {service}"
+    return "other: " + os.path.basename(cmd.split(" ")[0]) if cmd else "other"
+
+
+class TreePeaks:
+    """Watch a process tree (a command and every process it starts, e.g. a local Ray's workers) and keep each
+    process's peak RSS (``VmHWM``) and the roles it had (a Ray worker runs many tasks).
+
+    ``poll()`` once, or ``start()``/``stop()`` a background thread polling every ``interval_s``.
+    """
+
+    def __init__(self, root_pid: int, *, interval_s: float = 0.5):
+        import threading
+
+        self.root, self.interval_s = root_pid, interval_s
+        self.procs: dict[int, dict] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def poll(self) -> None:
+        for pid in descendants(self.root):
+            hwm = peak_rss_bytes(pid)
+            if hwm is None:
+                continue
+            rec = self.procs.setdefault(pid, {"pid": pid, "peak_rss_bytes": 0, "roles": set()})
+            rec["peak_rss_bytes"] = max(rec["peak_rss_bytes"], hwm)
+            role = process_role(pid, self.root)
+            if role not in ("gone", "worker: IDLE", "worker: starting") or not rec["roles"]:
+                rec["roles"].add(role)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.poll()
+            self._stop.wait(self.interval_s)
+
+    def start(self) -> TreePeaks:
+        self._thread.start()
+        return self
+
+    def stop(self) -> TreePeaks:
+        self._stop.set()
+        self._thread.join()
+        return self
+
+    def table(self) -> list[dict]:
+        """One dict per process: pid, peak_rss_mib, roles (sorted), kind (driver / worker / ray / other)."""
+        rows = []
+        for rec in self.procs.values():
+            roles = sorted(rec["roles"] - {"worker: IDLE", "worker: starting"}) or sorted(rec["roles"])
+            kind = roles[0].split(":")[0] if roles else "other"
+            rows.append({"pid": rec["pid"], "peak_rss_mib": mib(rec["peak_rss_bytes"]), "roles": roles, "kind": kind})
+        return sorted(rows, key=lambda r: -r["peak_rss_mib"])

@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 DEFAULT_BLOCK_PX = 512  # output pixels per block side (fewer when the source is much larger)
-DEFAULT_MAX_READ_PX = 1024  # largest side of one read_region (level pixels): 4 MiB of RGBA, 24 MiB averaging
+DEFAULT_MAX_READ_PX = 512  # largest side of one read_region (level pixels): 1 MiB of RGBA, ~8 MiB averaging
 
 
 def best_level(downsamples, downsample: float, *, rel_tol: float = 1e-3) -> int:

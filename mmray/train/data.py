@@ -25,7 +25,6 @@ rows (and of batches) without dropping a real patient.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -101,56 +100,62 @@ _READERS: dict = {}
 
 
 class TileReader:
-    """Read each patient's tiles (all its slides) from a bag group of the store.
+    """Read a sample of each patient's tiles (all its slides) from a bag group of the store.
 
-    ``max_tiles`` caps a patient's bag (a seeded, per-patient sample), as
-    attention-MIL training commonly does for memory.  Used as a Ray Data
-    stage through :func:`read_tiles` (a task-based ``map_batches``: worker
-    processes keep one reader, with its bag index, per store version).
+    ``max_tiles`` caps a patient's bag (a seeded, per-patient sample), as attention-MIL training commonly
+    does for memory; the sample is drawn before anything but the ``scale`` column is read and only the drawn
+    rows are kept as the row groups stream past (:class:`mmray.store.bag_sample.BagSampler`), so a reader
+    holds one patient's sample and one record batch, whatever the slides' size.  ``extra_columns`` (e.g.
+    ``("x", "y", "region_id")`` for models that use tile positions) come along as ``bag__<column>``.
+    Used as a Ray Data stage through :func:`read_tiles` (a task-based ``map_batches``: worker processes keep
+    one reader, with its bag index, per store version).
     """
 
     def __init__(self, *, store: str, group: str = TILE_GROUP, version: str | None = None,
-                 column: str = TILE_COLUMN, scale: str | None = "tile", max_tiles: int | None = 4096, seed: int = 0):
+                 column: str = TILE_COLUMN, scale: str | None = "tile", max_tiles: int | None = 4096, seed: int = 0,
+                 extra_columns: Sequence[str] = ()):
         from mmray.store import FeatureStore
-        from mmray.store.manifest import schema_of
+        from mmray.store.bag_sample import BagSampler
 
         self.store = FeatureStore(store)
         self.group, self.column, self.max_tiles, self.seed = group, column, max_tiles, seed
-        self.version = version or self.store.latest(group)
-        names = schema_of(self.store.manifest(self.group, version=self.version)).names
+        self.extra_columns = tuple(extra_columns)
+        self.sampler = BagSampler(self.store, group, version=version)
+        self.version = self.sampler.version
+        names = self.sampler.schema.names if self.sampler.schema is not None else []
         self.scale = scale if "scale" in names else None  # wsi_tiles holds 256-px tiles and 4096-px regions
 
+    def read_sample(self, patient_id: str, bag_ids) -> dict[str, np.ndarray] | None:
+        """``{column: array}`` of the patient's sampled rows (None: no tile)."""
+        return self.sampler.sample(bag_ids if bag_ids is not None else [], columns=[self.column, *self.extra_columns],
+                                   key=str(patient_id), max_rows=self.max_tiles, seed=self.seed,
+                                   where={"scale": self.scale} if self.scale else None)
+
     def read(self, patient_id: str, bag_ids) -> np.ndarray | None:
-        parts = []
-        cols = [self.column] + (["scale"] if self.scale else [])
-        for bag in (bag_ids if bag_ids is not None else []):
-            frame = self.store.read_bag(self.group, str(bag), version=self.version, columns=cols)
-            if self.scale:
-                frame = frame[frame["scale"] == self.scale]
-            if len(frame):
-                parts.append(np.stack([np.asarray(v, dtype=np.float32) for v in frame[self.column]]))
-        if not parts:
-            return None
-        tiles = np.concatenate(parts)
-        if self.max_tiles and tiles.shape[0] > self.max_tiles:
-            rng = np.random.default_rng([self.seed, zlib.crc32(str(patient_id).encode())])
-            tiles = tiles[np.sort(rng.choice(tiles.shape[0], self.max_tiles, replace=False))]
-        return tiles
+        """``[n_tiles, d]`` float32 of the patient's sampled tiles (None: no tile)."""
+        got = self.read_sample(patient_id, bag_ids)
+        return None if got is None else got[self.column]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        bags = [self.read(p, ids) for p, ids in zip(batch["patient_id"], batch["bag_ids"])]
-        dim = next((b.shape[1] for b in bags if b is not None), None)
+        samples = [self.read_sample(p, ids) for p, ids in zip(batch["patient_id"], batch["bag_ids"])]
+        dim = next((s[self.column].shape[1] for s in samples if s is not None), None)
         if dim is None:
             dim = self._dim()
         out = dict(batch)
-        out["bag"] = np.asarray([b if b is not None else np.zeros((0, dim), np.float32) for b in bags] + [None],
-                                dtype=object)[:-1]
+        out["bag"] = _objects([s[self.column] if s is not None else np.zeros((0, dim), np.float32) for s in samples])
+        for c in self.extra_columns:
+            out[f"bag__{c}"] = _objects([s[c] if s is not None else np.zeros(0) for s in samples])
         return out
 
     def _dim(self) -> int:
         first = self.store.bags(self.group, version=self.version)["bag_id"].iloc[0]
         return len(self.store.read_bag(self.group, first, version=self.version,
                                            columns=[self.column])[self.column].iloc[0])
+
+
+def _objects(arrays: list) -> np.ndarray:
+    """A 1-d object array holding ``arrays`` (numpy would otherwise stack equal-shaped ones)."""
+    return np.asarray(arrays + [None], dtype=object)[:-1]
 
 
 def read_tiles(batch: dict[str, np.ndarray], **tiles) -> dict[str, np.ndarray]:

@@ -1,0 +1,224 @@
+"""Real-size slides: per-worker peak memory and tiles/s of slide ingest against slide size.
+
+    python benchmarks/bench_wsi_scale.py --json wsi_scale.json --png wsi_scale.png \
+        [--sizes 12500x10000,25000x20000,50000x40000,100000x80000] [--workdir /tmp/wsi-scale] [--keep-slides]
+
+For each size: ``mmray synth --profile xl --slide-px WxH`` writes one real-size pyramidal slide (0.25 um/px,
+256-px JPEG tiles, five levels; the writer's peak RSS and time are recorded), then ``mmray ingest
+--modalities wsi`` embeds it at 0.5 um/px in 256-px tiles (4096-px regions) on a local Ray, with a small
+encoder (``--encoder``, random weights: the point is memory and flow, not features).  A watcher polls
+the ingest command's whole process tree (driver, raylet, every Ray worker) and keeps each process's
+peak RSS (``VmHWM``), so the per-worker peak covers planning tasks, read tasks and encoder actors.
+
+Baseline: how the tissue mask's thumbnail used to be read (the whole pyramid level at the thumbnail's
+resolution in one ``read_region``, then resized), against mmray's block-by-block read
+(:func:`mmray.features.tissue.read_thumbnail`), each in a fresh process on the same slide: peak RSS
+above the process's RSS after imports.
+
+JSON: ``mmray`` (per size: worker and driver peak RSS, tiles, tiles/s, ingest seconds, writer peak RSS
+and seconds), ``baseline`` (per size: the whole-level thumbnail read's extra RSS) and mmray's block read's,
+``ratio`` (baseline over mmray extra RSS at the largest size), ``flatness`` (largest over smallest
+per-worker peak RSS), ``machine`` (load average before and after).  PNG: peak RSS and tiles/s against
+slide size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mmray.memory import TreePeaks  # noqa: E402
+
+MMRAY = str(Path(sys.executable).parent / "mmray")
+DEFAULT_SIZES = "12500x10000,25000x20000,50000x40000,100000x80000"
+
+_THUMB = r"""
+import json, sys, numpy as np, openslide
+from mmray.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
+from mmray.features.tissue import TissueParams, read_thumbnail, rgba_to_rgb
+from mmray.features.tiling import best_level
+from PIL import Image
+mode, path = sys.argv[1], sys.argv[2]
+s = openslide.OpenSlide(path)
+mpp = float(s.properties["openslide.mpp-x"]); params = TissueParams()
+reset_peak_rss(); base = rss_bytes()
+if mode == "baseline":  # the read this replaced: the whole level in one read_region, then resized
+    w0, h0 = s.level_dimensions[0]
+    ds = max(params.thumbnail_mpp / mpp, max(w0, h0) / params.thumbnail_max_px, 1.0)
+    level = best_level(s.level_downsamples, ds); lw, lh = s.level_dimensions[level]
+    rgb = rgba_to_rgb(np.asarray(s.read_region((0, 0), level, (lw, lh))))
+    thumb = np.asarray(Image.fromarray(rgb).resize((round(w0 / ds), round(h0 / ds)), Image.Resampling.BOX))
+else:
+    thumb, _ = read_thumbnail(s, mpp_l0=mpp, params=params)
+print(json.dumps({"extra_rss_mib": (peak_rss_bytes() - base) / 2**20, "thumbnail": list(thumb.shape)}))
+"""
+
+
+def _load() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def write_slide(out: Path, width: int, height: int, *, seed: int) -> dict:
+    """One real-size slide in a one-patient xl cohort (reused when ``out`` already holds it)."""
+    done = out / "writer.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run([MMRAY, "synth", "--profile", "xl", "--patients", "1", "--seed", str(seed),
+                           "--slide-px", f"{width},{height}", "--out", str(out / "cohort")],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"synth failed:\n{proc.stderr[-3000:]}")
+    rss = re.search(r"slide writer peak RSS ([\d,.]+) MiB", proc.stdout)
+    slide = next((out / "cohort" / "slides").glob("*.tiff"))
+    info = {"width_px": width, "height_px": height, "synth_s": round(time.perf_counter() - t0, 1),
+            "writer_peak_rss_mib": float(rss.group(1).replace(",", "")) if rss else None,
+            "file_mib": round(slide.stat().st_size / 2**20, 1), "slide": str(slide)}
+    done.write_text(json.dumps(info))
+    return info
+
+
+def thumbnail_rss(slide: str, mode: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", _THUMB, mode, slide], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if proc.returncode:
+        raise SystemExit(f"thumbnail ({mode}) failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def ingest(out: Path, *, encoder: str, input_px: int, batch_size: int) -> dict:
+    """``mmray ingest --modalities wsi`` on the one-slide cohort, its process tree watched."""
+    store = out / "store"
+    shutil.rmtree(store, ignore_errors=True)
+    cmd = [MMRAY, "ingest", "--cohort", str(out / "cohort" / "cohort.yaml"), "--store", str(store),
+           "--modalities", "wsi", "wsi.target_mpp=0.5", "wsi.tile_px=256", "wsi.region_px=4096",
+           f"wsi.encoder.name={encoder}", f"wsi.encoder.input_px={input_px}", "wsi.encoder.strict_weights=false",
+           f"wsi.encoder.batch_size={batch_size}", "wsi.progress_interval_s=30"]
+    log = (out / "ingest.log").open("w")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    watch = TreePeaks(proc.pid, interval_s=0.5).start()
+    rc = proc.wait()
+    seconds = time.perf_counter() - t0
+    watch.stop()
+    log.close()
+    if rc not in (0, 3):
+        raise SystemExit(f"ingest failed ({rc}); see {out / 'ingest.log'}")
+    import pyarrow.dataset as pads
+
+    from mmray.store import FeatureStore
+
+    st = FeatureStore(str(store))
+    files = [str(store / "wsi_tiles" / st.latest("wsi_tiles") / f) for f in st.files("wsi_tiles")]
+    scale = pads.dataset(files).to_table(columns=["scale"]).column("scale").to_pylist()
+    procs = watch.table()
+    workers = [p for p in procs if p["kind"] == "worker"]
+    worst = max(workers, key=lambda p: p["peak_rss_mib"])
+    return {"ingest_s": round(seconds, 1), "tiles": scale.count("tile"), "regions": scale.count("region"),
+            "tiles_per_s": round((scale.count("tile") + scale.count("region")) / seconds, 1),
+            "worker_peak_rss_mib": worst["peak_rss_mib"], "worker_peak_roles": worst["roles"],
+            "driver_peak_rss_mib": next(p["peak_rss_mib"] for p in procs if p["kind"] == "driver"),
+            "workers": [p for p in procs if p["kind"] == "worker"],
+            "ray_services": [p for p in procs if p["kind"] == "ray"]}
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["sizes"]
+    mpx = [r["width_px"] * r["height_px"] / 1e6 for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(mpx, [r["mmray"]["worker_peak_rss_mib"] for r in rows], "o-", label="ingest: largest Ray worker")
+    a.plot(mpx, [r["mmray"]["driver_peak_rss_mib"] for r in rows], "s-", label="ingest: driver")
+    a.plot(mpx, [r["writer_peak_rss_mib"] for r in rows], "^-", label="synth: slide writer")
+    a.plot(mpx, [r["baseline"]["extra_rss_mib"] for r in rows], "x--", label="whole-level thumbnail read (extra)")
+    a.set(xscale="log", xlabel="slide size (megapixels, level 0 at 0.25 um/px)", ylabel="peak RSS (MiB)",
+          title="Memory against slide size")
+    a.legend(fontsize=8)
+    b.plot(mpx, [r["mmray"]["tiles_per_s"] for r in rows], "o-")
+    b.set(xscale="log", xlabel="slide size (megapixels)", ylabel="tiles + regions per s (whole ingest)",
+          title="Ingest throughput (0.5 um/px, 256-px tiles)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", required=True)
+    p.add_argument("--png", default=None)
+    p.add_argument("--sizes", default=DEFAULT_SIZES, help="comma-separated WxH level-0 sizes")
+    p.add_argument("--workdir", default="/tmp/mmray-wsi-scale", help="slides and stores (slides are reused)")
+    p.add_argument("--keep-slides", action="store_true", help="keep the slides (default: delete them at the end)")
+    p.add_argument("--encoder", default="mobilenetv3_small_050")
+    p.add_argument("--input-px", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=3)
+    args = p.parse_args()
+    sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")]
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    load_before, rows = _load(), []
+    for w, h in sizes:
+        out = work / f"{w}x{h}"
+        print(f"[{w} x {h}] writing the slide ...", flush=True)
+        row = write_slide(out, w, h, seed=args.seed)
+        print(f"[{w} x {h}] {row['file_mib']} MiB in {row['synth_s']} s, writer peak RSS "
+              f"{row['writer_peak_rss_mib']} MiB; thumbnails ...", flush=True)
+        row["baseline"] = thumbnail_rss(row["slide"], "baseline")
+        row["mmray_thumbnail"] = thumbnail_rss(row["slide"], "mmray")
+        print(f"[{w} x {h}] ingest ...", flush=True)
+        row["mmray"] = ingest(out, encoder=args.encoder, input_px=args.input_px, batch_size=args.batch_size)
+        m = row["mmray"]
+        print(f"[{w} x {h}] {m['tiles']} tiles + {m['regions']} regions in {m['ingest_s']} s "
+              f"({m['tiles_per_s']} /s); worker peak RSS {m['worker_peak_rss_mib']} MiB "
+              f"({', '.join(m['worker_peak_roles'])}), driver {m['driver_peak_rss_mib']} MiB; thumbnail extra RSS "
+              f"whole-level {row['baseline']['extra_rss_mib']:.0f} MiB vs blocks "
+              f"{row['mmray_thumbnail']['extra_rss_mib']:.0f} MiB", flush=True)
+        rows.append(row)
+        Path(args.json).write_text(json.dumps({"sizes": rows}, indent=1) + "\n")  # partial results survive
+    peaks = [r["mmray"]["worker_peak_rss_mib"] for r in rows]
+    last = rows[-1]
+    result = {
+        "baseline": {"thumbnail_extra_rss_mib": [round(r["baseline"]["extra_rss_mib"], 1) for r in rows],
+                     "what": "tissue-mask thumbnail read as one whole pyramid level, then resized"},
+        "mmray": {"worker_peak_rss_mib": peaks,
+                  "driver_peak_rss_mib": [r["mmray"]["driver_peak_rss_mib"] for r in rows],
+                  "tiles_per_s": [r["mmray"]["tiles_per_s"] for r in rows],
+                  "writer_peak_rss_mib": [r["writer_peak_rss_mib"] for r in rows],
+                  "thumbnail_extra_rss_mib": [round(r["mmray_thumbnail"]["extra_rss_mib"], 1) for r in rows]},
+        "ratio": round(last["baseline"]["extra_rss_mib"] / max(last["mmray_thumbnail"]["extra_rss_mib"], 1.0), 1),
+        "ratio_metric": "largest slide: whole-level thumbnail read extra RSS / block-by-block read extra RSS",
+        "flatness": round(max(peaks) / min(peaks), 3),
+        "flatness_metric": "largest / smallest per-worker peak RSS of ingest across slide sizes",
+        "sizes": rows,
+        "config": {k: v for k, v in vars(args).items() if k not in ("json", "png")},
+        "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": _load()},
+    }
+    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    if args.png:
+        plot(result, args.png)
+    if not args.keep_slides:
+        for w, h in sizes:
+            shutil.rmtree(work / f"{w}x{h}" / "cohort" / "slides", ignore_errors=True)
+            (work / f"{w}x{h}" / "writer.json").unlink(missing_ok=True)
+    print(f"per-worker peak RSS {peaks} MiB (flatness {result['flatness']}); tiles/s {result['mmray']['tiles_per_s']}; "
+          f"thumbnail memory ratio {result['ratio']}x; wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
