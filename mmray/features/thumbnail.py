@@ -17,6 +17,7 @@ whole source pixels, and rounding in the block offsets moves them between output
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -60,13 +61,15 @@ def _area_axis(src: np.ndarray, edges: np.ndarray, axis: int) -> np.ndarray:
 
 
 def read_downsampled(slide, *, downsample: float, size: tuple[int, int], block_px: int = DEFAULT_BLOCK_PX,
-                     max_read_px: int = DEFAULT_MAX_READ_PX) -> np.ndarray:
+                     max_read_px: int = DEFAULT_MAX_READ_PX,
+                     transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """(H, W, 3) uint8 picture of the whole ``slide`` at ``size = (W, H)``.
 
     It is the area average (module docstring) of the coarsest level at least as fine as ``downsample``
     (level-0 pixels per output pixel), stretched from that level's full extent to ``size``, read in
     blocks of at most ``max_read_px`` level pixels a side.  Transparent pixels (outside the scanned area)
-    become white.
+    become white.  ``transform`` (pixel-wise, e.g. HSV saturation) is applied to each block of the
+    picture, and the result is ``(H, W, ...)`` of whatever it returns: the RGB picture never exists whole.
     """
     width, height = int(size[0]), int(size[1])
     if width < 1 or height < 1:
@@ -76,7 +79,7 @@ def read_downsampled(slide, *, downsample: float, size: tuple[int, int], block_p
     lw, lh = slide.level_dimensions[level]
     fx, fy = lw / width, lh / height  # level pixels per output pixel
     step = max(1, min(block_px, int(max_read_px // max(fx, fy, 1.0))))
-    out = np.empty((height, width, 3), np.uint8)
+    out = None
     for oy in range(0, height, step):
         oh = min(step, height - oy)
         ey = np.minimum(np.arange(oy, oy + oh + 1) * fy, lh)  # output row edges in level pixels
@@ -91,7 +94,10 @@ def read_downsampled(slide, *, downsample: float, size: tuple[int, int], block_p
             if (fx, fy) != (1.0, 1.0):
                 rgb = _area_axis(_area_axis(rgb, ex - rx0, axis=1), ey - ry0, axis=0)
                 rgb = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
-            out[oy:oy + oh, ox:ox + ow] = rgb
+            block = rgb if transform is None else transform(rgb)
+            if out is None:
+                out = np.empty((height, width, *block.shape[2:]), block.dtype)
+            out[oy:oy + oh, ox:ox + ow] = block
     return out
 
 

@@ -6,8 +6,10 @@ real slides) is read as :class:`BagSampler` does it:
 1. which rows qualify (e.g. ``scale == "tile"``) is read from the filter columns alone (a few bytes a row);
 2. ``max_rows`` of them are drawn (seeded per key: a patient gets the same sample in every epoch of one
    seed and another sample with another seed), uniformly over all the patient's bags;
-3. only the drawn rows are kept while the row groups stream past in record batches of ``batch_rows``
-   rows, so memory is the sample plus one record batch, whatever the bag's size.
+3. only the drawn rows are kept while the bag's row groups are read one at a time (a row group of more
+   than ``batch_rows`` rows in record batches of that size), so memory is the sample plus one row group
+   (the tile sink writes at most 4096 rows per file), whatever the bag's size; row groups nothing was
+   drawn from are never read.
 
 The sample equals drawing from the whole concatenated bag (bags in the order given, each bag's rows in
 the order :meth:`FeatureStore.read_bag` returns them) with ``numpy.random.default_rng([seed,
@@ -24,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mmray.errors import StoreError
@@ -56,7 +59,7 @@ def _to_numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
 class BagSampler:
     """Sampled reads of one version of a bag group (see the module docstring)."""
 
-    def __init__(self, store, group: str, *, version: str | None = None, batch_rows: int = 1024):
+    def __init__(self, store, group: str, *, version: str | None = None, batch_rows: int = 4096):
         self.store, self.group = store, group
         self.version = version or store.latest(group)
         if self.version is None:
@@ -84,10 +87,15 @@ class BagSampler:
         except KeyError:
             raise StoreError(f"group {self.group!r} version {self.version} has no bag {bag_id!r}") from None
 
-    def _batches(self, path: str, row_group: int, columns: Sequence[str]) -> Iterable[pa.RecordBatch]:
+    def _batches(self, path: str, row_group: int, columns: Sequence[str]) -> Iterable[pa.RecordBatch | pa.Table]:
+        """The row group's ``columns``: whole when it has at most ``batch_rows`` rows, else in record batches."""
         with self._open(path) as f:
-            yield from pq.ParquetFile(f).iter_batches(batch_size=self.batch_rows, row_groups=[row_group],
-                                                      columns=list(columns), use_threads=False)
+            pf = pq.ParquetFile(f)
+            if pf.metadata.row_group(row_group).num_rows <= self.batch_rows:
+                yield pf.read_row_group(row_group, columns=list(columns), use_threads=False)
+            else:
+                yield from pf.iter_batches(batch_size=self.batch_rows, row_groups=[row_group], columns=list(columns),
+                                           use_threads=False)
 
     def _qualifying(self, chunk: tuple[str, int, int], where: Mapping[str, object]) -> np.ndarray:
         path, row_group, num_rows = chunk
@@ -97,7 +105,7 @@ class BagSampler:
         for batch in self._batches(path, row_group, list(where)):
             ok = np.ones(batch.num_rows, bool)
             for name, value in where.items():
-                ok &= np.asarray(batch.column(name).to_numpy(zero_copy_only=False) == value, bool)
+                ok &= pc.equal(batch.column(name), value).to_numpy(zero_copy_only=False).astype(bool)
             keep.append(offset + np.flatnonzero(ok))
             offset += batch.num_rows
         return np.concatenate(keep) if keep else np.zeros(0, np.int64)
