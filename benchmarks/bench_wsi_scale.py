@@ -18,8 +18,10 @@ above the process's RSS after imports.
 JSON: ``mmray`` (per size: worker and driver peak RSS, tiles, tiles/s, ingest seconds, writer peak RSS
 and seconds), ``baseline`` (per size: the whole-level thumbnail read's extra RSS) and mmray's block read's,
 ``ratio`` (baseline over mmray extra RSS at the largest size), ``flatness`` (largest over smallest
-per-worker peak RSS), ``machine`` (load average before and after).  PNG: peak RSS and tiles/s against
-slide size.
+per-worker peak RSS; ``flatness_by_role`` the same per kind of worker: encoder actors, planning/reading
+workers), ``per_core`` (one core's tile reads/s on the largest slide and CPU embeddings/s of resnet50_trunc
+at 224 px and of the small encoder: inputs of docs/scale.md's cost model), ``machine`` (load average
+before and after).  PNG: peak RSS and tiles/s against slide size.
 """
 
 from __future__ import annotations
@@ -62,6 +64,40 @@ else:
     thumb, _ = read_thumbnail(s, mpp_l0=mpp, params=params)
 print(json.dumps({"extra_rss_mib": (peak_rss_bytes() - base) / 2**20, "thumbnail": list(thumb.shape)}))
 """
+
+
+_RATES = r"""
+import json, sys, time, numpy as np, openslide, torch
+from mmray.features.encoders import EncoderSpec
+from mmray.features.tile_pipeline import TileEncoder
+from mmray.features.tiling import TilingSpec, plan_slide, read_tile
+path, n_read = sys.argv[1], int(sys.argv[2])
+torch.set_num_threads(1)
+s = openslide.OpenSlide(path)
+t, _, _ = plan_slide(s, mpp_l0=float(s.properties["openslide.mpp-x"]), spec=TilingSpec(region_px=0))
+pick = np.linspace(0, len(t.tile_x) - 1, min(n_read, len(t.tile_x))).astype(int)
+t0 = time.perf_counter()
+tiles = np.stack([read_tile(s, x=t.tile_x[i], y=t.tile_y[i], level=t.tile_level, read_px=t.tile_read_px, out_px=256)
+                  for i in pick])
+out = {"read_tiles_per_s_one_core": len(pick) / (time.perf_counter() - t0), "read_px": int(t.tile_read_px)}
+for name, px in (("resnet50_trunc", 224), (sys.argv[3], int(sys.argv[4]))):
+    enc = TileEncoder(EncoderSpec(name=name, input_px=px), device="cpu", cpu_threads=1)
+    enc.embed(tiles[:8])
+    t0 = time.perf_counter(); n = 0
+    while time.perf_counter() - t0 < 20 and n < len(tiles):
+        enc.embed(tiles[n:n + 32]); n += len(tiles[n:n + 32])
+    out[f"embed_tiles_per_s_one_core_{name}_{px}px"] = n / (time.perf_counter() - t0)
+print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()}))
+"""
+
+
+def per_core_rates(slide: str, *, encoder: str, input_px: int, n_read: int = 400) -> dict:
+    """One core's tile reading (0.5 um/px, 256 px, from this slide) and CPU embedding rates: cost-model inputs."""
+    proc = subprocess.run([sys.executable, "-c", _RATES, slide, str(n_read), encoder, str(input_px)],
+                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if proc.returncode:
+        raise SystemExit(f"per-core rates failed:\n{proc.stderr[-3000:]}")
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "loadavg": _load()}
 
 
 def _load() -> list[float]:
@@ -133,6 +169,27 @@ def ingest(out: Path, *, encoder: str, input_px: int, batch_size: int) -> dict:
             "ray_services": [p for p in procs if p["kind"] == "ray"]}
 
 
+ROLES = {"encoder actor": "TileEncoder", "planning/reading/writing task worker": "read_pixels"}
+
+
+def role_peaks(row: dict) -> dict:
+    """Largest peak RSS (MiB) per kind of Ray worker in one ingest."""
+    out = {}
+    for role, marker in ROLES.items():
+        peaks = [w["peak_rss_mib"] for w in row["mmray"]["workers"] if any(marker in r for r in w["roles"])]
+        out[role] = max(peaks) if peaks else None
+    return out
+
+
+def flatness_by_role(rows: list[dict]) -> dict:
+    out = {}
+    for role in ROLES:
+        peaks = [role_peaks(r)[role] for r in rows]
+        if all(p is not None for p in peaks):
+            out[role] = {"peak_rss_mib": peaks, "flatness": round(max(peaks) / min(peaks), 3)}
+    return out
+
+
 def plot(result: dict, path: str) -> None:
     import matplotlib
 
@@ -192,6 +249,9 @@ def main() -> int:
         Path(args.json).write_text(json.dumps({"sizes": rows}, indent=1) + "\n")  # partial results survive
     peaks = [r["mmray"]["worker_peak_rss_mib"] for r in rows]
     last = rows[-1]
+    print("per-core rates on the largest slide ...", flush=True)
+    rates = per_core_rates(last["slide"], encoder=args.encoder, input_px=args.input_px)
+    print(f"per-core rates: {rates}", flush=True)
     result = {
         "baseline": {"thumbnail_extra_rss_mib": [round(r["baseline"]["extra_rss_mib"], 1) for r in rows],
                      "what": "tissue-mask thumbnail read as one whole pyramid level, then resized"},
@@ -203,7 +263,9 @@ def main() -> int:
         "ratio": round(last["baseline"]["extra_rss_mib"] / max(last["mmray_thumbnail"]["extra_rss_mib"], 1.0), 1),
         "ratio_metric": "largest slide: whole-level thumbnail read extra RSS / block-by-block read extra RSS",
         "flatness": round(max(peaks) / min(peaks), 3),
+        "flatness_by_role": flatness_by_role(rows),
         "flatness_metric": "largest / smallest per-worker peak RSS of ingest across slide sizes",
+        "per_core": rates,
         "sizes": rows,
         "config": {k: v for k, v in vars(args).items() if k not in ("json", "png")},
         "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": _load()},
