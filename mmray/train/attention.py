@@ -43,8 +43,12 @@ def _read_patient_tiles(sampler, bag_ids, names: set[str]) -> tuple[pd.DataFrame
 
 
 def tile_attention(model: torch.nn.Module, cols: Mapping[str, np.ndarray], *, store: str, group: str,
-                   dims: Mapping[str, int], bag_dim: int, fold: int, batch_size: int = 8) -> pd.DataFrame:
-    """Attention per tile for the patients of ``cols`` (a test-fold column dict with ``bag_ids``)."""
+                   dims: Mapping[str, int], bag_dim: int, fold: int, batch_size: int = 1) -> pd.DataFrame:
+    """Attention per tile for the patients of ``cols`` (a test-fold column dict with ``bag_ids``).
+
+    ``batch_size`` patients go through the model at once with *all* their tiles (one by default: a real
+    patient may have 60,000 tiles, so memory is one patient's bag and its activations).
+    """
     from mmray.store import FeatureStore
     from mmray.store.bag_sample import BagSampler
 
