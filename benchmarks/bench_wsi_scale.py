@@ -133,6 +133,25 @@ def thumbnail_rss(slide: str, mode: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+_PROGRESS = re.compile(r"^(\d\d):(\d\d):(\d\d) .*; ([\d,]+)/([\d,]+) tiles\+regions encoded")
+
+
+def steady_rate(log_text: str) -> float | None:
+    """Tiles+regions/s between the first and the last progress line that report encoded rows (start-up and
+    the last partial interval left out); None with fewer than two such lines."""
+    points = []
+    for line in log_text.splitlines():
+        m = _PROGRESS.match(line)
+        if m and int(m.group(4).replace(",", "")) > 0:
+            h, mi, sec = (int(m.group(i)) for i in (1, 2, 3))
+            points.append((h * 3600 + mi * 60 + sec, int(m.group(4).replace(",", ""))))
+    if len(points) < 2:
+        return None
+    (t0, n0), (t1, n1) = points[0], points[-1]
+    t1 += 86400 if t1 < t0 else 0
+    return round((n1 - n0) / (t1 - t0), 1) if t1 > t0 else None
+
+
 def ingest(out: Path, *, encoder: str, input_px: int, batch_size: int) -> dict:
     """``mmray ingest --modalities wsi`` on the one-slide cohort, its process tree watched."""
     store = out / "store"
@@ -163,6 +182,7 @@ def ingest(out: Path, *, encoder: str, input_px: int, batch_size: int) -> dict:
     worst = max(workers, key=lambda p: p["peak_rss_mib"])
     return {"ingest_s": round(seconds, 1), "tiles": scale.count("tile"), "regions": scale.count("region"),
             "tiles_per_s": round((scale.count("tile") + scale.count("region")) / seconds, 1),
+            "steady_tiles_per_s": steady_rate((out / "ingest.log").read_text()),
             "worker_peak_rss_mib": worst["peak_rss_mib"], "worker_peak_roles": worst["roles"],
             "driver_peak_rss_mib": next(p["peak_rss_mib"] for p in procs if p["kind"] == "driver"),
             "workers": [p for p in procs if p["kind"] == "worker"],
@@ -206,9 +226,14 @@ def plot(result: dict, path: str) -> None:
     a.set(xscale="log", xlabel="slide size (megapixels, level 0 at 0.25 um/px)", ylabel="peak RSS (MiB)",
           title="Memory against slide size")
     a.legend(fontsize=8)
-    b.plot(mpx, [r["mmray"]["tiles_per_s"] for r in rows], "o-")
-    b.set(xscale="log", xlabel="slide size (megapixels)", ylabel="tiles + regions per s (whole ingest)",
+    b.plot(mpx, [r["mmray"]["tiles_per_s"] for r in rows], "o-", label="whole ingest (with start-up)")
+    steady = [(x, r["mmray"].get("steady_tiles_per_s")) for x, r in zip(mpx, rows)]
+    steady = [(x, v) for x, v in steady if v is not None]
+    if steady:
+        b.plot(*zip(*steady), "s--", label="steady (progress lines)")
+    b.set(xscale="log", xlabel="slide size (megapixels)", ylabel="tiles + regions per s",
           title="Ingest throughput (0.5 um/px, 256-px tiles)")
+    b.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -258,6 +283,7 @@ def main() -> int:
         "mmray": {"worker_peak_rss_mib": peaks,
                   "driver_peak_rss_mib": [r["mmray"]["driver_peak_rss_mib"] for r in rows],
                   "tiles_per_s": [r["mmray"]["tiles_per_s"] for r in rows],
+                  "steady_tiles_per_s": [r["mmray"].get("steady_tiles_per_s") for r in rows],
                   "writer_peak_rss_mib": [r["writer_peak_rss_mib"] for r in rows],
                   "thumbnail_extra_rss_mib": [round(r["mmray_thumbnail"]["extra_rss_mib"], 1) for r in rows]},
         "ratio": round(last["baseline"]["extra_rss_mib"] / max(last["mmray_thumbnail"]["extra_rss_mib"], 1.0), 1),

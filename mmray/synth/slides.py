@@ -54,8 +54,7 @@ def write_slides(patients: list[Patient], *, out_dir: Path, profile: SynthProfil
     ``"truncated_slide"``) and ``acquisition_date`` (ISO).  ``writer_stats``, when given, receives one
     dict per slide of how it was written (slide_id, seconds, level-0 tiles, background tiles, bytes and
     the writing process's peak RSS in MiB; not part of the records, which depend only on the inputs).
-    A slide's pixels
-    depend only on ``(seed, patient.index, k)``.
+    A slide's pixels depend only on ``(seed, patient.index, k)``.
     """
     _check_profile(profile)
     for p in patients:
