@@ -28,8 +28,6 @@ by source, for the cold and steady passes, and the paired baseline p50/p99), ``b
 ``machine`` (load average before and after).  PNG: p50/p99 and hit rate against M.
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import os
@@ -43,6 +41,41 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import bench_serve as bs  # noqa: E402
+from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.responses import JSONResponse  # noqa: E402
+
+# The baseline is defined here, in the script Ray runs as __main__ (as bench_serve.py does): Serve's
+# class-based view must see the FastAPI app and the class pickled together; imported from bench_serve,
+# the replica's routes lost their `self` (every request: 422, `self` a missing query field).
+baseline_api = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+
+class BaselineLoadPerRequest:
+    """Loads the champion from the registry on every request (no cache): bench_serve.py's baseline."""
+
+    def __init__(self, tracking_uri: str):
+        import mlflow
+
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+
+    @baseline_api.post("/v1/predict")
+    async def predict(self, request: Request):
+        import asyncio
+
+        from mmray.registry.pyfunc import load_pyfunc
+        from mmray.serve.schemas import MODEL_HEADER, ApiError, model_id, parse_body, parse_inputs, prediction_body
+
+        try:
+            body = parse_body(await request.body())
+            name = model_id(request.headers.get(MODEL_HEADER), body)
+            model = await asyncio.to_thread(load_pyfunc, f"models:/{name}@champion")
+            x = parse_inputs(body, model.features)
+        except ApiError as e:
+            return JSONResponse(status_code=e.status, content=e.body())
+        risk, surv = model.predict_arrays(x)
+        return prediction_body(name=name, version="champion", risk=risk, survival=surv, times_days=model.times_days)
 
 
 def _load() -> list[float]:
@@ -167,7 +200,7 @@ def main() -> int:
         tracking_uri, _ = resolve_tracking(RegistryConfig(), store=info["store"])
         sizes = [int(v) for v in args.max_models.split(",")]
         url = deploy(info["store"], port=port, max_models=max(sizes), replica_cpus=args.replica_cpus)
-        base_app = serve.deployment(serve.ingress(bs.baseline_api)(bs.BaselineLoadPerRequest)).options(
+        base_app = serve.deployment(serve.ingress(baseline_api)(BaselineLoadPerRequest)).options(
             name="Baseline", ray_actor_options={"num_cpus": args.replica_cpus}, max_ongoing_requests=64)
         serve.run(base_app.bind(tracking_uri), name="baseline", route_prefix="/baseline", blocking=False,
                   logging_config={"enable_access_log": False})
@@ -185,8 +218,11 @@ def main() -> int:
         work = [every[k] for k in seq]
         for m in sizes:
             url = deploy(info["store"], port=port, max_models=m, replica_cpus=args.replica_cpus)  # a fresh replica
-            requests.post(f"{url}/v1/predict", data=work[0][1], headers={"serve_multiplexed_model_id": work[0][0]},
-                          timeout=120)
+            for side in (f"{url}/v1/predict", f"{url}/baseline/v1/predict"):  # both answer before timing starts
+                r = requests.post(side, data=work[0][1], headers={"serve_multiplexed_model_id": work[0][0]},
+                                  timeout=300)
+                if r.status_code != 200:
+                    raise SystemExit(f"{side} answered {r.status_code}: {r.text[:2000]}")
             base = bs.drive(f"{url}/baseline/v1/predict", work[:args.baseline_requests], concurrency=args.concurrency,
                             max_seconds=args.max_seconds)
             cold = run_mmray(url, work[:args.requests], concurrency=args.concurrency, max_seconds=args.max_seconds)
