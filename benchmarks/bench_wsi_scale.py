@@ -19,9 +19,12 @@ JSON: ``mmray`` (per size: worker and driver peak RSS, tiles, tiles/s, ingest se
 and seconds), ``baseline`` (per size: the whole-level thumbnail read's extra RSS) and mmray's block read's,
 ``ratio`` (baseline over mmray extra RSS at the largest size), ``flatness`` (largest over smallest
 per-worker peak RSS; ``flatness_by_role`` the same per kind of worker: encoder actors, planning/reading
-workers), ``per_core`` (one core's tile reads/s on the largest slide and CPU embeddings/s of resnet50_trunc
-at 224 px and of the small encoder: inputs of docs/scale.md's cost model), ``machine`` (load average
-before and after).  PNG: peak RSS and tiles/s against slide size.
+workers), ``per_core`` (tile reads and single-thread CPU embeddings of resnet50_trunc at 224 px and of the
+small encoder per CPU-second and per wall second, on the largest slide: inputs of docs/scale.md's cost
+model), ``machine`` (load average before and after).  PNG: peak RSS and tiles/s against slide size.
+
+``--refresh JSON`` recomputes ``per_core``, the steady rates (from the kept ingest logs) and the PNG of an
+earlier run without ingesting again.
 """
 
 from __future__ import annotations
@@ -76,23 +79,27 @@ torch.set_num_threads(1)
 s = openslide.OpenSlide(path)
 t, _, _ = plan_slide(s, mpp_l0=float(s.properties["openslide.mpp-x"]), spec=TilingSpec(region_px=0))
 pick = np.linspace(0, len(t.tile_x) - 1, min(n_read, len(t.tile_x))).astype(int)
-t0 = time.perf_counter()
+w0, c0 = time.perf_counter(), time.process_time()
 tiles = np.stack([read_tile(s, x=t.tile_x[i], y=t.tile_y[i], level=t.tile_level, read_px=t.tile_read_px, out_px=256)
                   for i in pick])
-out = {"read_tiles_per_s_one_core": len(pick) / (time.perf_counter() - t0), "read_px": int(t.tile_read_px)}
+out = {"read_tiles_per_cpu_s": len(pick) / (time.process_time() - c0),
+       "read_tiles_per_wall_s": len(pick) / (time.perf_counter() - w0), "read_px": int(t.tile_read_px)}
 for name, px in (("resnet50_trunc", 224), (sys.argv[3], int(sys.argv[4]))):
     enc = TileEncoder(EncoderSpec(name=name, input_px=px), device="cpu", cpu_threads=1)
     enc.embed(tiles[:8])
-    t0 = time.perf_counter(); n = 0
-    while time.perf_counter() - t0 < 20 and n < len(tiles):
+    w0, c0, n = time.perf_counter(), time.process_time(), 0
+    while time.process_time() - c0 < 15 and n < len(tiles):
         enc.embed(tiles[n:n + 32]); n += len(tiles[n:n + 32])
-    out[f"embed_tiles_per_s_one_core_{name}_{px}px"] = n / (time.perf_counter() - t0)
+    out[f"embed_{name}_{px}px_tiles_per_cpu_s"] = n / (time.process_time() - c0)
+    out[f"embed_{name}_{px}px_tiles_per_wall_s"] = n / (time.perf_counter() - w0)
 print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()}))
 """
 
 
 def per_core_rates(slide: str, *, encoder: str, input_px: int, n_read: int = 400) -> dict:
-    """One core's tile reading (0.5 um/px, 256 px, from this slide) and CPU embedding rates: cost-model inputs."""
+    """One core's tile reading (0.5 um/px, 256 px, from this slide) and single-thread CPU embedding rates:
+    the cost model's inputs.  Per CPU-second of the process (what one dedicated core does, whatever else
+    the machine runs) and per wall-clock second (what this shared machine gave)."""
     proc = subprocess.run([sys.executable, "-c", _RATES, slide, str(n_read), encoder, str(input_px)],
                           capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if proc.returncode:
@@ -238,6 +245,23 @@ def plot(result: dict, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def refresh(args) -> int:
+    result = json.loads(Path(args.json).read_text())
+    work = Path(args.workdir)
+    for row in result["sizes"]:
+        log = work / f"{row['width_px']}x{row['height_px']}" / "ingest.log"
+        if log.exists():
+            row["mmray"]["steady_tiles_per_s"] = steady_rate(log.read_text())
+    result["mmray"]["steady_tiles_per_s"] = [r["mmray"].get("steady_tiles_per_s") for r in result["sizes"]]
+    result["per_core"] = per_core_rates(result["sizes"][-1]["slide"], encoder=args.encoder, input_px=args.input_px)
+    result["flatness_by_role"] = flatness_by_role(result["sizes"])
+    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    if args.png:
+        plot(result, args.png)
+    print(f"per-core rates: {result['per_core']}; steady tiles/s {result['mmray']['steady_tiles_per_s']}")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", required=True)
@@ -249,7 +273,10 @@ def main() -> int:
     p.add_argument("--input-px", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=3)
+    p.add_argument("--refresh", action="store_true", help="recompute per_core, steady rates and the PNG of --json")
     args = p.parse_args()
+    if args.refresh:
+        return refresh(args)
     sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")]
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,8 @@ def model(*, tiles_per_slide: float, read_per_core: float, embed_per_core: float
     return {
         "tiles_per_slide": round(tiles_per_slide), "slides": slides, "target_hours": hours,
         "slides_per_hour": {"gpu_node_encode": round(3600 * gpu_tiles_per_s / tiles_per_slide, 1),
+                            "gpu_node_reading_itself": round(3600 * min(gpu_tiles_per_s, read_per_core * (
+                                GPU_NODE_VCPU - 1) * useful) / tiles_per_slide, 1),
                             "cpu_node_read_only": round(3600 * cpu_read / tiles_per_slide, 1),
                             "cpu_node_read_and_embed": round(3600 * cpu_both / tiles_per_slide, 2)},
         "cpu_nodes_to_feed_one_gpu": round(gpu_tiles_per_s / cpu_read, 2),
@@ -75,7 +77,8 @@ def main() -> int:
     wsi = json.loads(Path(args.wsi).read_text())
     rates, largest = wsi["per_core"], wsi["sizes"][-1]
     tiles = largest["mmray"]["tiles"] + largest["mmray"]["regions"]
-    embed = next(v for k, v in rates.items() if k.startswith("embed_tiles_per_s_one_core_resnet50_trunc"))
+    read = rates["read_tiles_per_cpu_s"]  # per CPU-second: one dedicated core, whatever the machine's load
+    embed = rates["embed_resnet50_trunc_224px_tiles_per_cpu_s"]
     assumptions = {"prices_usd_per_hour_on_demand_us_east_1": PRICES_PER_H, "useful_cpu_fraction": USEFUL_CPU_FRACTION,
                    "cpu_node_vcpu": CPU_NODE_VCPU, "measured_on": {"loadavg": rates.get("loadavg"),
                                                                    "machine": wsi.get("machine")}}
@@ -87,14 +90,14 @@ def main() -> int:
         gpu_rate = ASSUMED_A10G_TILES_PER_S
         assumptions["gpu"] = {"measured": False, "tiles_per_s": gpu_rate,
                               "why": "no GPU was lent; run benchmarks/gpu_check.sh and pass --gpu-tiles"}
-    out = {"inputs": {"read_tiles_per_s_one_core": rates["read_tiles_per_s_one_core"],
+    out = {"inputs": {"read_tiles_per_s_one_core": read,
                       "embed_tiles_per_s_one_core_resnet50_trunc": embed, "gpu_tiles_per_s": gpu_rate,
                       "tiles_per_100k_slide": tiles},
            "assumptions": assumptions,
-           "measured_slide": model(tiles_per_slide=tiles, read_per_core=rates["read_tiles_per_s_one_core"],
+           "measured_slide": model(tiles_per_slide=tiles, read_per_core=read,
                                    embed_per_core=embed, gpu_tiles_per_s=gpu_rate, slides=args.slides,
                                    hours=args.hours),
-           "dense_slide_30k_tiles": model(tiles_per_slide=30_000, read_per_core=rates["read_tiles_per_s_one_core"],
+           "dense_slide_30k_tiles": model(tiles_per_slide=30_000, read_per_core=read,
                                           embed_per_core=embed, gpu_tiles_per_s=gpu_rate, slides=args.slides,
                                           hours=args.hours)}
     text = json.dumps(out, indent=1)
