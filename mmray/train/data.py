@@ -81,11 +81,16 @@ def to_arrow(cols: Mapping[str, np.ndarray]) -> pa.Table:
     return pa.table(arrays)
 
 
-def to_dataset(cols: Mapping[str, np.ndarray], *, tiles: dict | None = None, rows_per_block: int = 32):
+MIL_ROWS_PER_BLOCK = 8  # patients per block of a dataset that reads tile bags (one reader batch)
+
+
+def to_dataset(cols: Mapping[str, np.ndarray], *, tiles: dict | None = None,
+               rows_per_block: int = MIL_ROWS_PER_BLOCK):
     """A ``ray.data.Dataset`` of a column dict; ``tiles`` (:class:`TileReader` keywords) adds the bags.
 
     With tiles the patients go in blocks of ``rows_per_block``, so bag reading streams block by block
-    (and in parallel) instead of one task reading the whole epoch's tiles.
+    (and in parallel) instead of one task reading the whole epoch's tiles, and a block holds at most
+    ``rows_per_block`` patients' tile samples (8 x 4096 tiles x 384-d: 50 MB).
     """
     import ray.data
 
@@ -141,7 +146,7 @@ class TileReader:
         dim = next((s[self.column].shape[1] for s in samples if s is not None), None)
         if dim is None:
             dim = self._dim()
-        out = dict(batch)
+        out = {k: v for k, v in batch.items() if k != "bag_ids"}  # read: the ids are not needed downstream
         out["bag"] = _objects([s[self.column] if s is not None else np.zeros((0, dim), np.float32) for s in samples])
         for c in self.extra_columns:
             out[f"bag__{c}"] = _objects([s[c] if s is not None else np.zeros(0) for s in samples])
@@ -215,7 +220,14 @@ def batches(source, *, batch_size: int, modalities: Sequence[str], dims: Mapping
     else:
         kw = {}
         if shuffle_seed is not None:
-            kw = {"local_shuffle_buffer_size": max(2 * batch_size, 256), "local_shuffle_seed": shuffle_seed}
+            # A MIL row carries its bag (up to max_tiles x d floats, MBs): a buffer of a few batches, with the
+            # blocks (MIL_ROWS_PER_BLOCK patients each) in a seeded random order instead, else the buffer
+            # (256 rows) would hold a large cohort's whole training set.
+            mil = bag_dim is not None
+            kw = {"local_shuffle_buffer_size": 2 * batch_size if mil else max(2 * batch_size, 256),
+                  "local_shuffle_seed": shuffle_seed}
+            if mil and hasattr(source, "randomize_block_order"):
+                source = source.randomize_block_order(seed=shuffle_seed)
         it = source.iter_batches(batch_size=batch_size, batch_format="numpy", **kw)
     for cols in it:
         yield to_batch(cols, modalities=modalities, dims=dims, bag_dim=bag_dim)
