@@ -53,6 +53,10 @@ def _to_numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
         if values.size % n:
             raise StoreError("a list column's rows have different lengths; expected one vector length")
         return values.reshape(n, values.size // n)
+    if (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)) and not col.null_count:
+        # one Python str per distinct value (a slide id repeats on every tile row): 8 bytes a row, not ~60
+        coded = col.dictionary_encode()
+        return coded.dictionary.to_numpy(zero_copy_only=False)[coded.indices.to_numpy(zero_copy_only=False)]
     return col.to_numpy(zero_copy_only=False)
 
 
