@@ -226,11 +226,13 @@ def plot(result: dict, path: str) -> None:
     rows = result["sizes"]
     mpx = [r["width_px"] * r["height_px"] / 1e6 for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(mpx, [r["mmray"]["worker_peak_rss_mib"] for r in rows], "o-", label="ingest: largest Ray worker")
+    a.plot(mpx, [r["mmray"]["worker_peak_rss_mib"] for r in rows], "o-", label="ingest: largest Ray worker (encoder actor)")
+    a.plot(mpx, [role_peaks(r)["planning/reading/writing task worker"] for r in rows], "d-",
+           label="ingest: plan/read/write task worker")
     a.plot(mpx, [r["mmray"]["driver_peak_rss_mib"] for r in rows], "s-", label="ingest: driver")
     a.plot(mpx, [r["writer_peak_rss_mib"] for r in rows], "^-", label="synth: slide writer")
     a.plot(mpx, [r["baseline"]["extra_rss_mib"] for r in rows], "x--", label="whole-level thumbnail read (extra)")
-    a.set(xscale="log", xlabel="slide size (megapixels, level 0 at 0.25 um/px)", ylabel="peak RSS (MiB)",
+    a.set(xscale="log", xlabel="slide size (level-0 px at 0.25 um/px)", ylabel="peak RSS (MiB)",
           title="Memory against slide size")
     a.legend(fontsize=8)
     b.plot(mpx, [r["mmray"]["tiles_per_s"] for r in rows], "o-", label="whole ingest (with start-up)")
@@ -238,9 +240,13 @@ def plot(result: dict, path: str) -> None:
     steady = [(x, v) for x, v in steady if v is not None]
     if steady:
         b.plot(*zip(*steady), "s--", label="steady (progress lines)")
-    b.set(xscale="log", xlabel="slide size (megapixels)", ylabel="tiles + regions per s",
+    b.set(xscale="log", xlabel="slide size (level-0 px at 0.25 um/px)", ylabel="tiles + regions per s",
           title="Ingest throughput (0.5 um/px, 256-px tiles)")
     b.legend(fontsize=8)
+    labels = [f"{r['width_px'] / 1000:g}k x {r['height_px'] / 1000:g}k" for r in rows]
+    for ax in (a, b):
+        ax.set_xticks(mpx, labels, fontsize=8)
+        ax.minorticks_off()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
