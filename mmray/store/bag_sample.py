@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from mmray.errors import StoreError
 from mmray.store import layout
+from mmray.store.manifest import schema_of
 
 
 def sample_positions(n: int, *, max_rows: int | None, seed: int, key: str) -> np.ndarray:
@@ -75,7 +76,7 @@ class BagSampler:
         self._chunks = {str(bag): list(frame.sort_values(["path", "row_group"], kind="stable")[cols]
                                        .itertuples(index=False, name=None))
                         for bag, frame in index.groupby("bag_id", sort=False)}
-        self.schema = pq.read_schema(self._open(index["path"].iloc[0])) if len(index) else None
+        self.schema = schema_of(store.manifest(group, version=self.version))
 
     def _open(self, path: str):
         full = layout.data_path(self.root, self.group, self.version, path)
@@ -119,11 +120,10 @@ class BagSampler:
         """``{column: array}`` of a seeded sample of at most ``max_rows`` rows over ``bag_ids`` whose columns
         equal ``where`` (e.g. ``{"scale": "tile"}``); ``None`` when no row qualifies."""
         where = dict(where or {})
-        if self.schema is not None:
-            unknown = [c for c in [*columns, *where] if c not in self.schema.names]
-            if unknown:
-                raise StoreError(f"group {self.group!r} version {self.version} has no column(s) {unknown}; "
-                                 f"columns: {self.schema.names}")
+        unknown = [c for c in [*columns, *where] if c not in self.schema.names]
+        if unknown:
+            raise StoreError(f"group {self.group!r} version {self.version} has no column(s) {unknown}; "
+                             f"columns: {self.schema.names}")
         chunks = [c for bag in bag_ids for c in self.chunks(bag)]
         rows = [self._qualifying(c, where) for c in chunks]
         sizes = np.array([len(r) for r in rows], np.int64)

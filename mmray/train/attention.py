@@ -53,7 +53,7 @@ def tile_attention(model: torch.nn.Module, cols: Mapping[str, np.ndarray], *, st
     from mmray.store.bag_sample import BagSampler
 
     sampler = BagSampler(FeatureStore(store), group)
-    names = set(sampler.schema.names) if sampler.schema is not None else set()
+    names = set(sampler.schema.names)
     real = np.flatnonzero(np.asarray(cols["weight"]) > 0)  # padding rows are copies: skip them
     out = []
     model.eval()

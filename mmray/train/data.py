@@ -127,8 +127,7 @@ class TileReader:
         self.extra_columns = tuple(extra_columns)
         self.sampler = BagSampler(self.store, group, version=version)
         self.version = self.sampler.version
-        names = self.sampler.schema.names if self.sampler.schema is not None else []
-        self.scale = scale if "scale" in names else None  # wsi_tiles holds 256-px tiles and 4096-px regions
+        self.scale = scale if "scale" in self.sampler.schema.names else None  # wsi_tiles: 256-px tiles + regions
 
     def read_sample(self, patient_id: str, bag_ids) -> dict[str, np.ndarray] | None:
         """``{column: array}`` of the patient's sampled rows (None: no tile)."""
