@@ -176,7 +176,10 @@ def train(work: Path, *, folds: int, epochs: int, max_tiles: int, batch_size: in
             "epochs_total": int(res["epochs_run"].sum()),
             "seconds_per_epoch": round(float(res["seconds"].sum() / max(res["epochs_run"].sum(), 1)), 1),
             "driver_peak_rss_mib": next(p["peak_rss_mib"] for p in procs if p["kind"] == "driver"),
+            "driver_peak_anon_mib": next(p["peak_anon_mib"] for p in procs if p["kind"] == "driver"),
+            "driver_peak_shmem_mib": next(p["peak_shmem_mib"] for p in procs if p["kind"] == "driver"),
             "other_peak_rss_mib": max((p["peak_rss_mib"] for p in others), default=None),
+            "other_peak_anon_mib": max((p["peak_anon_mib"] for p in others), default=None),
             "processes": procs[:12]}
 
 
@@ -223,7 +226,9 @@ def main() -> int:
                                 batch_size=args.batch_size)
         t = result["train"]
         print(f"train: {t['seconds']} s, {t['seconds_per_epoch']} s/epoch, driver peak RSS "
-              f"{t['driver_peak_rss_mib']} MiB, other processes <= {t['other_peak_rss_mib']} MiB, "
+              f"{t['driver_peak_rss_mib']} MiB (anonymous {t['driver_peak_anon_mib']}, shared "
+              f"{t['driver_peak_shmem_mib']}), other processes <= {t['other_peak_rss_mib']} MiB "
+              f"(anonymous {t['other_peak_anon_mib']}), "
               f"C-index {t['harrell_c_mean']}", flush=True)
     result["machine"] = {"cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": _load()}
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")

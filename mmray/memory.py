@@ -33,6 +33,16 @@ def peak_rss_bytes(pid: int | str = "self") -> int | None:
     return None if kib is None else kib * 1024
 
 
+def rss_parts_bytes(pid: int | str = "self") -> dict[str, int | None]:
+    """Current RSS split into ``anon`` (the process's own heap) and ``shmem`` (shared memory it has touched,
+    e.g. Ray's object store mapped into a worker or the driver: counted in RSS, owned by the store)."""
+    out = {}
+    for key, field in (("anon", "RssAnon"), ("shmem", "RssShmem")):
+        kib = _status_kib(pid, field)
+        out[key] = None if kib is None else kib * 1024
+    return out
+
+
 def reset_peak_rss(pid: int | str = "self") -> bool:
     """Set ``pid``'s peak RSS back to its current RSS; False where the kernel does not allow it."""
     try:
@@ -111,8 +121,12 @@ class TreePeaks:
             hwm = peak_rss_bytes(pid)
             if hwm is None:
                 continue
-            rec = self.procs.setdefault(pid, {"pid": pid, "peak_rss_bytes": 0, "roles": set()})
+            rec = self.procs.setdefault(pid, {"pid": pid, "peak_rss_bytes": 0, "peak_anon_bytes": 0,
+                                              "peak_shmem_bytes": 0, "roles": set()})
             rec["peak_rss_bytes"] = max(rec["peak_rss_bytes"], hwm)
+            parts = rss_parts_bytes(pid)  # sampled: peaks between polls can be missed, unlike VmHWM
+            rec["peak_anon_bytes"] = max(rec["peak_anon_bytes"], parts["anon"] or 0)
+            rec["peak_shmem_bytes"] = max(rec["peak_shmem_bytes"], parts["shmem"] or 0)
             role = process_role(pid, self.root)
             if role not in ("gone", "worker: IDLE", "worker: starting") or not rec["roles"]:
                 rec["roles"].add(role)
@@ -132,10 +146,13 @@ class TreePeaks:
         return self
 
     def table(self) -> list[dict]:
-        """One dict per process: pid, peak_rss_mib, roles (sorted), kind (driver / worker / ray / other)."""
+        """One dict per process: pid, peak_rss_mib (VmHWM), peak_anon_mib / peak_shmem_mib (largest sampled
+        anonymous and shared-memory parts), roles (sorted), kind (driver / worker / ray / other)."""
         rows = []
         for rec in self.procs.values():
             roles = sorted(rec["roles"] - {"worker: IDLE", "worker: starting"}) or sorted(rec["roles"])
             kind = roles[0].split(":")[0] if roles else "other"
-            rows.append({"pid": rec["pid"], "peak_rss_mib": mib(rec["peak_rss_bytes"]), "roles": roles, "kind": kind})
+            rows.append({"pid": rec["pid"], "peak_rss_mib": mib(rec["peak_rss_bytes"]),
+                         "peak_anon_mib": mib(rec["peak_anon_bytes"]), "peak_shmem_mib": mib(rec["peak_shmem_bytes"]),
+                         "roles": roles, "kind": kind})
         return sorted(rows, key=lambda r: -r["peak_rss_mib"])
