@@ -58,7 +58,9 @@ def _setup_synth(sub) -> Callable[[argparse.Namespace], int]:
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--patients", type=int, default=None, help="number of patients (default: the profile's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--profile", choices=["tiny", "demo", "large"], default="tiny")
+    p.add_argument("--profile", choices=["tiny", "demo", "large", "xl"], default="tiny",
+                   help="sizes (xl: real-size 100,000 x 80,000 px slides at 0.25 um/px, written tile by tile)")
+    p.add_argument("--slide-px", default=None, metavar="W,H", help="level-0 slide size instead of the profile's")
     p.add_argument("--corrupt", type=int, default=0, metavar="K",
                    help="write K deliberately broken inputs, listed in truth.json")
     p.add_argument("--sites", type=int, default=0, metavar="N", help="also split it into N site cohorts by "
@@ -70,12 +72,13 @@ def _setup_synth(sub) -> Callable[[argparse.Namespace], int]:
 
 def _run_synth(args: argparse.Namespace) -> int:
     from mmray.synth.cohort import write_cohort
-    from mmray.synth.profiles import get_profile
+    from mmray.synth.profiles import get_profile, parse_slide_px
 
+    slide_px = parse_slide_px(args.slide_px) if args.slide_px else None
     if get_profile(args.profile).use_ray or args.address:
         init_ray(args.address)
     result = write_cohort(args.out, patients=args.patients, seed=args.seed, profile=args.profile,
-                          corrupt=args.corrupt)
+                          corrupt=args.corrupt, slide_px=slide_px)
     print(result.summary())
     if args.sites:  # site cohorts for federated training (mmray.synth.sites)
         print(importlib.import_module("mmray.synth.sites").split_sites_text(args.out, args.sites))

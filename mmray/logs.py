@@ -13,6 +13,7 @@ not propagate to the root logger) and does so lazily, when a sub-library is impo
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -27,7 +28,11 @@ NOISY = ("highdicom", "pydicom", "radiomics", "numexpr")
 # libraries that install their own non-propagating console handlers (Ray's loggers; MLflow's "mlflow")
 OWN_CONSOLE = ("ray", "mlflow")
 
-_state: dict = {"verbose": False, "file": None, "handlers": [], "raised": []}
+# environment settings that quiet libraries in this process and in the processes it starts (Ray workers,
+# Serve replicas inherit a local cluster's environment); set unless verbose, and never over a user's value
+QUIET_ENV = {"MLFLOW_LOGGING_LEVEL": "WARNING"}  # MLflow's "Creating initial MLflow database tables..." etc.
+
+_state: dict = {"verbose": False, "file": None, "handlers": [], "raised": [], "env": []}
 
 
 class ConsoleFilter(logging.Filter):
@@ -74,8 +79,56 @@ def configure(*, verbose: bool, log_file: Path | None) -> None:
             root.addHandler(file_handler)
     for noisy in NOISY:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    _quiet_env(verbose)
     _state.update(verbose=verbose, file=file_handler, handlers=[console] + ([file_handler] if file_handler else []))
     quiet_ray_consoles()
+
+
+def _quiet_env(verbose: bool) -> None:
+    for name in _state["env"]:  # ours from an earlier configure() in this process
+        os.environ.pop(name, None)
+    _state["env"] = []
+    if verbose:
+        return
+    for name, value in QUIET_ENV.items():
+        if name not in os.environ:
+            os.environ[name] = value
+            _state["env"].append(name)
+
+
+class _LinesToLog:
+    """A text stream that sends each line written to it to ``logger`` at INFO (the log file, not the console)."""
+
+    def __init__(self, logger: logging.Logger):
+        self.logger, self._buffer = logger, ""
+
+    def write(self, text: str) -> int:
+        self._buffer += text
+        *lines, self._buffer = self._buffer.split("\n")
+        for line in lines:
+            if line.strip():
+                self.logger.info("%s", line.rstrip())
+        return len(text)
+
+    def flush(self) -> None:
+        if self._buffer.strip():
+            self.logger.info("%s", self._buffer.rstrip())
+        self._buffer = ""
+
+
+@contextlib.contextmanager
+def printed_to_log(name: str):
+    """Within the block, what libraries ``print`` (Ray Tune's experiment table and "View detailed results
+    here" lines) goes to the log file as logger ``name``'s INFO lines; with ``-v`` it stays on stdout."""
+    if _state["verbose"]:
+        yield
+        return
+    stream = _LinesToLog(logging.getLogger(name))
+    try:
+        with contextlib.redirect_stdout(stream):
+            yield
+    finally:
+        stream.flush()
 
 
 def quiet_ray_consoles() -> None:

@@ -324,8 +324,10 @@ def _synth(run: _Run):
     from mmray.synth.profiles import get_profile
 
     cfg = run.cfg.synth
+    prof = get_profile(cfg.profile)
     want = {"profile": cfg.profile, "seed": cfg.seed, "corrupt": cfg.corrupt, "mmray_version": mmray.__version__,
-            "patients": cfg.patients or get_profile(cfg.profile).default_patients}
+            "patients": cfg.patients or prof.default_patients,
+            "slide_px": list(cfg.slide_px or (prof.slide_width_px, prof.slide_height_px))}
     truth = _read_json(str(Path(cfg.out) / "truth.json")) or {}
     gen = truth.get("generator", {})
     data = {"out": cfg.out, **want}

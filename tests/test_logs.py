@@ -15,6 +15,7 @@ def _reset():
         root.removeHandler(h)
         h.close()
     logs._state.update(verbose=False, file=None, handlers=[], raised=[])
+    logs._quiet_env(True)  # take back the environment settings configure() made
 
 
 def test_library_info_goes_to_the_file_only_and_verbose_brings_it_back(tmp_path, capsys):
@@ -61,3 +62,27 @@ def test_rate_log_lines_come_at_the_interval_and_at_the_end(caplog):
     # 12 s: the first line (3 done in 12 s -> 0.25 /s, 2 left -> ETA 8 s); 20 s: the last one
     assert lines == ["ct: 3/5 studies done, 1 failed (0.2 /s, ETA 0:00:08)",
                      "ct: 5/5 studies done, 1 failed (0.2 /s, ETA 0:00:00)"]
+
+
+def test_printed_lines_go_to_the_log_file_and_quiet_env_is_set_unless_verbose(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MLFLOW_LOGGING_LEVEL", raising=False)
+    try:
+        logs.configure(verbose=False, log_file=tmp_path / "run.log")
+        assert __import__("os").environ["MLFLOW_LOGGING_LEVEL"] == "WARNING"  # inherited by Ray workers
+        with logs.printed_to_log("ray.tune.output"):
+            print("+----------------------+\n| Configuration for experiment |")
+            print("View detailed results here: /tmp/x", end="")
+        print("after the block")
+        for h in logging.getLogger().handlers:
+            h.flush()
+        out = capsys.readouterr().out
+        full = (tmp_path / "run.log").read_text()
+        assert "View detailed results" not in out and "after the block" in out
+        assert "ray.tune.output: View detailed results here: /tmp/x" in full and "Configuration for experiment" in full
+        logs.configure(verbose=True, log_file=None)
+        assert "MLFLOW_LOGGING_LEVEL" not in __import__("os").environ  # ours is taken back with -v
+        with logs.printed_to_log("ray.tune.output"):
+            print("table shown")
+        assert "table shown" in capsys.readouterr().out
+    finally:
+        _reset()

@@ -28,7 +28,9 @@ import numpy as np
 from PIL import Image
 
 from mmray.errors import InputError
-from mmray.features.tissue import TissueParams, box_fractions, detect_tissue, read_thumbnail
+from mmray.features.thumbnail import best_level  # noqa: F401  (tiling.best_level is API)
+from mmray.features.tissue import (TissueParams, box_fractions, mask_from_saturation, mpp_of_thumbnail,
+                                   read_saturation)
 from mmray.ingest.slide_resolution import DEFAULT_MPP_RANGE
 
 
@@ -81,19 +83,6 @@ def check_plan_size(tiles: SlideTiles, *, limits: PlanLimits, name: str, mpp_fro
                          f"{tiles.mpp_l0:.4g} um/px from {mpp_from}), more than wsi.max_tiles_per_slide="
                          f"{limits.max_tiles_per_slide:,}; check the slide's resolution, or raise "
                          f"wsi.max_tiles_per_slide", item=name)
-
-
-def best_level(downsamples, downsample: float, *, rel_tol: float = 1e-3) -> int:
-    """The coarsest level whose downsample is at most ``downsample`` (0 if none is).
-
-    OpenSlide's rule, with a relative tolerance so a level reported as 4.0002x
-    still serves a 4x request.
-    """
-    best = 0
-    for level, ds in enumerate(downsamples):
-        if ds <= downsample * (1 + rel_tol):
-            best = level
-    return best
 
 
 def read_plan(downsamples, *, extent_l0: int, out_px: int) -> tuple[int, int]:
@@ -170,8 +159,10 @@ def plan_slide(slide, *, mpp_l0: float, spec: TilingSpec, limits: PlanLimits | N
     """
     if limits is not None:
         check_upsample(mpp_l0=mpp_l0, spec=spec, limits=limits, name=name, mpp_from=mpp_from)
-    thumb, thumb_mpp = read_thumbnail(slide, mpp_l0=mpp_l0, params=spec.tissue)
-    mask = detect_tissue(thumb, mpp=thumb_mpp, params=spec.tissue)
+    thumb_mpp = mpp_of_thumbnail(slide, mpp_l0=mpp_l0, params=spec.tissue)
+    # saturation read block by block and handed over, not kept: the mask pipeline drops it once filtered
+    mask = mask_from_saturation(read_saturation(slide, mpp_l0=mpp_l0, params=spec.tissue)[0], mpp=thumb_mpp,
+                                params=spec.tissue)
     w0, h0 = slide.level_dimensions[0]
     tiles = plan_tiles(width_l0=w0, height_l0=h0, mpp_l0=mpp_l0, downsamples=slide.level_downsamples,
                        mask=mask, mask_mpp=thumb_mpp, spec=spec)

@@ -15,9 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 from skimage import filters
+
+from mmray.features.thumbnail import read_downsampled, rgba_to_rgb  # noqa: F401  (rgba_to_rgb is API here)
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,20 @@ class TissueParams:
                 yield (name, f"must be 0 or more, got {getattr(self, name)}")
 
 
-def saturation(rgb: np.ndarray) -> np.ndarray:
-    """HSV saturation ``(max - min) / max`` of an (H, W, 3) uint8 image, as float32 in [0, 1]."""
+def saturation(rgb: np.ndarray, *, rows_per_chunk: int = 256) -> np.ndarray:
+    """HSV saturation ``(max - min) / max`` of an (H, W, 3) uint8 image, as float32 in [0, 1].
+
+    Computed ``rows_per_chunk`` rows at a time into the output, so the float temporaries are a few rows,
+    not five copies of the image (a 3,125 x 2,500 thumbnail: 31 MB instead of ~160 MB at peak).
+    """
     rgb = np.asarray(rgb)
-    hi = rgb.max(axis=2).astype(np.float32)
-    lo = rgb.min(axis=2).astype(np.float32)
-    return np.where(hi > 0, (hi - lo) / np.maximum(hi, 1.0), 0.0).astype(np.float32)
+    out = np.empty(rgb.shape[:2], np.float32)
+    for y in range(0, rgb.shape[0], rows_per_chunk):
+        part = rgb[y:y + rows_per_chunk]
+        hi = part.max(axis=2).astype(np.float32)
+        lo = part.min(axis=2).astype(np.float32)
+        out[y:y + rows_per_chunk] = np.where(hi > 0, (hi - lo) / np.maximum(hi, 1.0), 0.0)
+    return out
 
 
 def saturation_threshold(sat: np.ndarray, params: TissueParams) -> float:
@@ -68,11 +77,23 @@ def saturation_threshold(sat: np.ndarray, params: TissueParams) -> float:
 
 
 def detect_tissue(rgb: np.ndarray, *, mpp: float, params: TissueParams = TissueParams()) -> np.ndarray:
-    """Boolean (H, W) tissue mask of an (H, W, 3) uint8 thumbnail at ``mpp`` micrometres per pixel."""
-    sat = saturation(rgb)
+    """Boolean (H, W) tissue mask of an (H, W, 3) uint8 thumbnail at ``mpp`` micrometres per pixel.
+
+    (:func:`mask_from_saturation` of its :func:`saturation`.)
+    """
+    return mask_from_saturation(saturation(rgb), mpp=mpp, params=params)
+
+
+def mask_from_saturation(sat: np.ndarray, *, mpp: float, params: TissueParams = TissueParams()) -> np.ndarray:
+    """Boolean (H, W) tissue mask from the (H, W) float32 HSV saturation of a thumbnail (see the module doc).
+
+    A caller that passes ``sat`` without keeping a reference lets it go once it is median-filtered
+    (:func:`mmray.features.tiling.plan_slide` does: the peak is then two float32 images of the thumbnail).
+    """
     if params.median_px > 1:
         sat = ndimage.median_filter(sat, size=params.median_px, mode="nearest")
     mask = sat > saturation_threshold(sat, params)
+    del sat
     close_px = int(round(params.close_um / mpp))
     if close_px >= 1:
         pad = close_px  # closing near the border must not be clipped by the image edge
@@ -125,8 +146,10 @@ def box_fractions(mask: np.ndarray, *, x0: np.ndarray, y0: np.ndarray, size: flo
     box outside the mask count as background.  Shapes: (N,) in, (N,) out.
     """
     h, w = mask.shape
-    integral = np.zeros((h + 1, w + 1), np.int64)
-    integral[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1)
+    count = np.int32 if h * w < 2**31 else np.int64  # counts up to h * w: int32 halves the table's memory
+    integral = np.zeros((h + 1, w + 1), count)
+    np.cumsum(mask, axis=0, dtype=count, out=integral[1:, 1:])  # in place: no temporary tables
+    np.cumsum(integral[1:, 1:], axis=1, out=integral[1:, 1:])
     x0 = np.asarray(x0, float)
     y0 = np.asarray(y0, float)
     xa = np.rint(x0).astype(np.int64)
@@ -135,36 +158,38 @@ def box_fractions(mask: np.ndarray, *, x0: np.ndarray, y0: np.ndarray, size: flo
     xb, yb = xa + side, ya + side
     xa_c, xb_c = np.clip(xa, 0, w), np.clip(xb, 0, w)
     ya_c, yb_c = np.clip(ya, 0, h), np.clip(yb, 0, h)
-    inside = integral[yb_c, xb_c] - integral[ya_c, xb_c] - integral[yb_c, xa_c] + integral[ya_c, xa_c]
+    inside = (integral[yb_c, xb_c].astype(np.int64) - integral[ya_c, xb_c] - integral[yb_c, xa_c]
+              + integral[ya_c, xa_c])
     return inside / float(side * side)
 
 
 def read_thumbnail(slide, *, mpp_l0: float, params: TissueParams) -> tuple[np.ndarray, float]:
     """An (H, W, 3) uint8 thumbnail of the whole slide and its resolution (micrometres per pixel).
 
-    Reads the coarsest pyramid level at least as fine as ``params.thumbnail_mpp``
-    and resizes it to that resolution (or to ``thumbnail_max_px`` on the long
-    side, whichever is coarser).  Transparent (outside the scanned area) pixels
-    become white.
+    Box-filtered from the coarsest pyramid level at least as fine as ``params.thumbnail_mpp`` to that
+    resolution (or to ``thumbnail_max_px`` on the long side, whichever is coarser), read block by block
+    (:func:`mmray.features.thumbnail.read_downsampled`: never the whole level in memory).  Transparent
+    (outside the scanned area) pixels become white.
     """
-    from mmray.features.tiling import best_level
+    want_ds, (tw, th) = _thumbnail_geometry(slide, mpp_l0=mpp_l0, params=params)
+    return read_downsampled(slide, downsample=want_ds, size=(tw, th)), mpp_l0 * slide.level_dimensions[0][0] / tw
 
+
+def read_saturation(slide, *, mpp_l0: float, params: TissueParams) -> tuple[np.ndarray, float]:
+    """:func:`saturation` of :func:`read_thumbnail`'s picture (float32, same size and resolution), computed
+    block by block as the slide is read: the RGB thumbnail never exists whole."""
+    want_ds, (tw, th) = _thumbnail_geometry(slide, mpp_l0=mpp_l0, params=params)
+    sat = read_downsampled(slide, downsample=want_ds, size=(tw, th), transform=saturation)
+    return sat, mpp_l0 * slide.level_dimensions[0][0] / tw
+
+
+def mpp_of_thumbnail(slide, *, mpp_l0: float, params: TissueParams) -> float:
+    """The resolution (micrometres per pixel) :func:`read_thumbnail` returns, without reading anything."""
+    _, (tw, _) = _thumbnail_geometry(slide, mpp_l0=mpp_l0, params=params)
+    return mpp_l0 * slide.level_dimensions[0][0] / tw
+
+
+def _thumbnail_geometry(slide, *, mpp_l0: float, params: TissueParams) -> tuple[float, tuple[int, int]]:
     w0, h0 = slide.level_dimensions[0]
     want_ds = max(params.thumbnail_mpp / mpp_l0, max(w0, h0) / params.thumbnail_max_px, 1.0)
-    level = best_level(slide.level_downsamples, want_ds)
-    lw, lh = slide.level_dimensions[level]
-    rgba = np.asarray(slide.read_region((0, 0), level, (lw, lh)))
-    rgb = rgba_to_rgb(rgba)
-    tw, th = max(1, int(round(w0 / want_ds))), max(1, int(round(h0 / want_ds)))
-    if (tw, th) != (lw, lh):
-        rgb = np.asarray(Image.fromarray(rgb).resize((tw, th), Image.Resampling.BOX))
-    return rgb, mpp_l0 * w0 / tw
-
-
-def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
-    """OpenSlide's RGBA (transparent where nothing was scanned) as RGB with white there."""
-    rgb = np.ascontiguousarray(rgba[..., :3])
-    empty = rgba[..., 3] == 0
-    if empty.any():
-        rgb[empty] = 255
-    return rgb
+    return want_ds, (max(1, int(round(w0 / want_ds))), max(1, int(round(h0 / want_ds))))

@@ -43,8 +43,10 @@ def read_thumbnail(uri: str | None, *, max_px: int = 1024, extent: tuple[int, in
 
         path = local_copy(uri, scratch_dir=scratch) if scratch else local_copy(uri, scratch_dir="")
         with contextlib.closing(open_slide(path, name=uri)) as slide:
+            from mmray.features.thumbnail import read_thumbnail_rgb
+
             w0, h0 = slide.level_dimensions[0]
-            thumb = np.asarray(slide.get_thumbnail((max_px, max_px)).convert("RGB"))
+            thumb = read_thumbnail_rgb(slide, max_px=max_px)  # block by block: never a whole level
         return Thumbnail(thumb, (w0 / thumb.shape[1], h0 / thumb.shape[0]))
     except Exception as e:  # noqa: BLE001  any unreadable slide: the boxes are still drawn, on a blank canvas
         log.warning("report: no thumbnail for %s: %s", uri, e)

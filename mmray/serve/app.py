@@ -7,7 +7,7 @@ Routes (see :mod:`mmray.serve.schemas` for the bodies)::
     POST /v1/fhir/{model}     a FHIR R4 Bundle (Patient + Observations) -> a RiskAssessment (mmray.serve.fhir)
     GET  /v1/models    servable models: name, version, features, metrics
     GET  /v1/stats     this replica's counters: requests, model loads (local_reloads: evicted models
-                       unpickled from the replica's copy), hit rate, loaded models
+                       unpickled from the replica's copy) and the time they took, hit rate, loaded models
     GET  /healthz      liveness (never needs the token)
 
 One deployment, ``MmrayModels``, is the ingress and holds the models: its
@@ -77,6 +77,7 @@ def build_app(cfg: ServeConfig, *, tracking_uri: str):
             self.requests = 0
             self.loads = 0
             self.local_reloads = 0
+            self.load_ms = {"registry": 0.0, "local": 0.0}  # time spent loading, by source
             self.load_counts: dict[str, int] = {}
             self.slots: dict = {}
             self._swap_lock = asyncio.Lock()
@@ -91,13 +92,14 @@ def build_app(cfg: ServeConfig, *, tracking_uri: str):
                 raise ApiError(404, "unknown_model", f"no servable model {name!r} (registered, with alias "
                                                      f"'{self.catalog.alias}'); GET /v1/models lists them")
             slot = await asyncio.to_thread(self.catalog.load, name, version)
-            self._count_load(name, local=slot.local_reload)
+            self._count_load(name, local=slot.local_reload, ms=slot.load_ms)
             self.slots[name] = slot
             return slot
 
-        def _count_load(self, name: str, *, local: bool = False) -> None:
+        def _count_load(self, name: str, *, local: bool = False, ms: float = 0.0) -> None:
             self.loads += 1
             self.local_reloads += int(local)
+            self.load_ms["local" if local else "registry"] += ms
             self.load_counts[name] = self.load_counts.get(name, 0) + 1
 
         async def _model(self, name: str):
@@ -113,7 +115,7 @@ def build_app(cfg: ServeConfig, *, tracking_uri: str):
                     if current != slot.version:
                         fresh = await asyncio.to_thread(self.catalog.load, name, current)
                         slot.version, slot.model = fresh.version, fresh.model
-                        self._count_load(name, local=fresh.local_reload)
+                        self._count_load(name, local=fresh.local_reload, ms=fresh.load_ms)
             return slot
 
         def _auth(self, request: Request) -> None:
@@ -219,6 +221,7 @@ def build_app(cfg: ServeConfig, *, tracking_uri: str):
             hit_rate = 1.0 - self.loads / self.requests if self.requests else None
             return {"replica": self.replica, "requests": self.requests, "loads": self.loads,
                     "local_reloads": self.local_reloads,
+                    "load_ms_total": {k: round(v, 1) for k, v in self.load_ms.items()},
                     "cache_hit_rate": hit_rate, "load_counts": dict(self.load_counts),
                     "loaded_models": loaded, "max_models_per_replica": self.max_models}
 
@@ -256,6 +259,7 @@ def start_serve(cfg: ServeConfig) -> str:
     # The controller passes its environment on to the proxies it starts (an already running
     # Serve instance keeps the settings it started with).
     controller_env = serve_process_env(cfg)
+    logs.quiet_ray_consoles()  # importing ray.serve installs its console handler: quiet it before "Started Serve"
     serve.start(http_options={"host": cfg.host, "port": cfg.port}, logging_config=logging_config,
                 controller_options={"runtime_env": {"env_vars": controller_env}} if controller_env else None)
     logs.quiet_ray_consoles()  # serve.start installs ray.serve's console handler

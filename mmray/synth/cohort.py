@@ -37,7 +37,7 @@ from mmray.synth.ct import write_ct
 from mmray.synth.genomics import write_genomics
 from mmray.synth.latent import assign_corruptions, sample_patients
 from mmray.synth.network import write_interactions
-from mmray.synth.profiles import get_profile
+from mmray.synth.profiles import get_profile, with_slide_px
 from mmray.synth.proteomics import write_proteins
 from mmray.synth.slides import write_slides
 from mmray.synth.treatment import append_treatment_columns, plant_treatment, treatment_truth
@@ -54,17 +54,25 @@ class SynthResult:
     n_ct_studies: int
     n_corrupt: int
     seconds: float
+    slide_px: tuple[int, int] | None = None  # level-0 size of every slide
+    writer_peak_rss_mib: float | None = None  # the largest peak RSS of a process while it wrote one slide
 
     def summary(self) -> str:
-        return (f"wrote {self.n_patients} patients ({self.n_slides} slides, {self.n_ct_studies} CT studies, "
-                f"{self.n_corrupt} deliberately corrupt inputs) to {self.out_dir} in {self.seconds:.1f} s")
+        size = f" of {self.slide_px[0]:,} x {self.slide_px[1]:,} px" if self.slide_px and self.n_slides else ""
+        rss = (f"; slide writer peak RSS {self.writer_peak_rss_mib:,.0f} MiB"
+               if self.writer_peak_rss_mib is not None and self.n_slides else "")
+        return (f"wrote {self.n_patients} patients ({self.n_slides} slides{size}, {self.n_ct_studies} CT studies, "
+                f"{self.n_corrupt} deliberately corrupt inputs) to {self.out_dir} in {self.seconds:.1f} s{rss}")
 
 
 def write_cohort(out_dir: str | Path, *, patients: int | None = None, seed: int = 0,
-                 profile: str = "tiny", corrupt: int = 0) -> SynthResult:
-    """Write a synthetic cohort; deterministic for ``(patients, seed, profile, corrupt)``."""
+                 profile: str = "tiny", corrupt: int = 0, slide_px: tuple[int, int] | None = None) -> SynthResult:
+    """Write a synthetic cohort; deterministic for ``(patients, seed, profile, corrupt, slide_px)``.
+
+    ``slide_px = (width, height)`` replaces the profile's level-0 slide size.
+    """
     start = time.perf_counter()
-    prof = get_profile(profile)
+    prof = with_slide_px(get_profile(profile), slide_px)
     n = prof.default_patients if patients is None else patients
     if n < 1:
         raise MmrayError(f"--patients must be at least 1, got {n}")
@@ -83,8 +91,11 @@ def write_cohort(out_dir: str | Path, *, patients: int | None = None, seed: int 
     log.info("synth: %d patients, profile %s, seed %d, %d corrupt inputs", n, prof.name, seed, corrupt)
 
     stage_start = time.perf_counter()
-    slides = write_slides(people, out_dir=out / "slides", profile=prof, seed=seed)
-    log.info("synth: %d slides in %.1f s", len(slides), time.perf_counter() - stage_start)
+    writer_stats: list[dict] = []
+    slides = write_slides(people, out_dir=out / "slides", profile=prof, seed=seed, writer_stats=writer_stats)
+    peaks = [w["peak_rss_mib"] for w in writer_stats if w["peak_rss_mib"] is not None]
+    log.info("synth: %d slides of %d x %d px in %.1f s%s", len(slides), prof.slide_width_px, prof.slide_height_px,
+             time.perf_counter() - stage_start, f", writer peak RSS {max(peaks):.0f} MiB" if peaks else "")
     stage_start = time.perf_counter()
     studies = write_ct(people, out_dir=out / "ct", profile=prof, seed=seed)
     log.info("synth: %d CT studies in %.1f s", len(studies), time.perf_counter() - stage_start)
@@ -108,7 +119,7 @@ def write_cohort(out_dir: str | Path, *, patients: int | None = None, seed: int 
     _attach_files(corruptions, slides=slides, studies=studies, genomics=genomics, clinical=clinical)
     truth = {
         "generator": {"mmray_version": __version__, "profile": prof.name, "patients": n, "seed": seed,
-                      "corrupt": corrupt},
+                      "corrupt": corrupt, "slide_px": [prof.slide_width_px, prof.slide_height_px]},
         "model": {
             "risk": "W_CLINICAL*z_clinical + W_EXPRESSION*(z_prolif - z_immune)/sqrt(2) "
                     "+ W_MUTATION*z_mutation + W_CT*z_ct + W_WSI*z_wsi",
@@ -138,7 +149,9 @@ def write_cohort(out_dir: str | Path, *, patients: int | None = None, seed: int 
     tmp.write_text(json.dumps(truth, indent=1, default=str) + "\n")
     tmp.replace(out / "truth.json")
     return SynthResult(out_dir=out, n_patients=n, n_slides=len(slides), n_ct_studies=len(studies),
-                       n_corrupt=len(corruptions), seconds=time.perf_counter() - start)
+                       n_corrupt=len(corruptions), seconds=time.perf_counter() - start,
+                       slide_px=(prof.slide_width_px, prof.slide_height_px),
+                       writer_peak_rss_mib=max(peaks) if peaks else None)
 
 
 def _patient_truth(p: latent.Patient) -> dict:

@@ -289,7 +289,7 @@ def write_ct(patients: list[Patient], *, out_dir: Path, profile: SynthProfile, s
     """
     out_dir = Path(out_dir)
     jobs = [(p, out_dir, profile, seed) for p in patients if p.has_ct]
-    return parallel_map(_write_study, jobs, use_ray=profile.use_ray, desc="ct")
+    return parallel_map(_write_study, jobs, use_ray=profile.use_ray, desc="CT studies")
 
 
 def _write_study(job: tuple[Patient, Path, SynthProfile, int]) -> dict:

@@ -1,4 +1,4 @@
-"""Run one function over many items, locally or as Ray tasks, with progress."""
+"""Run one function over many items, locally or as Ray tasks, with rate/ETA progress lines."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from tqdm.auto import tqdm
+from mmray.progress import RateLog
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +21,13 @@ def parallel_map(fn: Callable[[Any], Any], items: Iterable[Any], *, use_ray: boo
     items = list(items)
     if not items:
         return []
+    progress = RateLog(log, "synth", len(items), unit=desc, interval_s=15.0)
     if not use_ray:
-        return [fn(x) for x in tqdm(items, desc=desc, unit="item", leave=False)]
+        results = []
+        for x in items:
+            results.append(fn(x))
+            progress.tick()
+        return results
 
     import ray
 
@@ -33,10 +38,9 @@ def parallel_map(fn: Callable[[Any], Any], items: Iterable[Any], *, use_ray: boo
     index = {ref: i for i, ref in enumerate(refs)}
     results: list[Any] = [None] * len(refs)
     pending = list(refs)
-    with tqdm(total=len(refs), desc=desc, unit="item", leave=False) as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for ref in done:
-                results[index[ref]] = ray.get(ref)
-                bar.update(1)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        for ref in done:
+            results[index[ref]] = ray.get(ref)
+            progress.tick()
     return results

@@ -76,9 +76,11 @@ class Blobs(NamedTuple):
     def in_box(self, y0: int, x0: int, size_px: int) -> Blobs:
         """Blobs that can touch the square of side ``size_px`` at ``(y0, x0)``."""
         reach = float(max(self.ry.max(initial=0), self.rx.max(initial=0))) + 2.0
-        lo, hi = np.searchsorted(self.y, [y0 - reach, y0 + size_px + reach])
+        # bounds in y's own dtype: a float64 query would make numpy convert all of y on every call
+        lo, hi = np.searchsorted(self.y, np.array([y0 - reach, y0 + size_px + reach], dtype=self.y.dtype))
         x = self.x[lo:hi]
-        return Blobs(*(c[lo + np.flatnonzero((x > x0 - reach) & (x < x0 + size_px + reach))] for c in self))
+        keep = lo + np.flatnonzero((x > x0 - reach) & (x < x0 + size_px + reach))  # once, not per column
+        return Blobs(*(c[keep] for c in self))
 
 
 def make_blobs(*cols) -> Blobs:

@@ -20,21 +20,27 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
 from mmray.errors import ConfigError, UnknownNameError
+from mmray.memory import mib
+from mmray.progress import RateLog
 from mmray.synth.latent import Patient
 from mmray.synth.parallel import parallel_map
 from mmray.synth.profiles import SynthProfile
 from mmray.synth.slide_tissue import NORMAL_DENSITY_PER_MM2, mask_truth, site_stain, tumour_geojson
+from mmray.synth.slide_writer import PyramidSpec, WriteStats, write_pyramid
 from mmray.synth.slide_morphology import (  # noqa: F401  (BACKGROUND_RGB, planted_density_per_mm2 are API)
     _E_LEVELS, _E_MAX, _E_MIN, _H_LEVELS, _H_MAX, _MAX_STAMP_ELEMENTS, BACKGROUND_RGB, JPEG_QUALITY,
     _MORPH, LEVEL_DOWNSAMPLE, TRUNCATE_FRACTION, Blobs, Plan, plan_slide, planted_density_per_mm2)
 
+log = logging.getLogger(__name__)
+_WRITER = "_writer"  # the key that carries a slide's write statistics out of its task
+PROGRESS_MIN_TILES = 20_000  # slides with more level-0 tiles log a rate/ETA line every 30 s while written
 
 
 def slide_id(patient_id: str, k: int) -> str:
@@ -42,7 +48,8 @@ def slide_id(patient_id: str, k: int) -> str:
     return f"{patient_id}-01Z-00-DX{k}"
 
 
-def write_slides(patients: list[Patient], *, out_dir: Path, profile: SynthProfile, seed: int) -> list[dict]:
+def write_slides(patients: list[Patient], *, out_dir: Path, profile: SynthProfile, seed: int,
+                 writer_stats: list[dict] | None = None) -> list[dict]:
     """Write every patient's slides as ``out_dir/<slide_id>.tiff``.
 
     Returns one dict per slide, in patient then slide order: ``patient_id``,
@@ -56,6 +63,9 @@ def write_slides(patients: list[Patient], *, out_dir: Path, profile: SynthProfil
     ``annotation`` (path of its GeoJSON tumour annotation relative to
     ``out_dir``'s parent, or None: ``profile.p_annotated`` of the intact
     slides, at least one, have one, under ``<out_dir's parent>/annotations/``).
+    ``writer_stats``, when given, receives one dict per slide of how it was written (slide_id, seconds,
+    level-0 tiles, background tiles, bytes and the writing process's peak RSS in MiB; not part of the
+    records, which depend only on the inputs).
     A slide's pixels depend only on ``(seed, patient.index, k)``.
     """
     _check_profile(profile)
@@ -67,7 +77,11 @@ def write_slides(patients: list[Patient], *, out_dir: Path, profile: SynthProfil
     keys = [(p, k) for p in patients for k in range(1, p.n_slides + 1)]
     annotate = annotated_slides(keys, p_annotated=profile.p_annotated, seed=seed)
     tasks = [(p, k, out_dir, profile, seed, i in annotate) for i, (p, k) in enumerate(keys)]
-    return parallel_map(_write_task, tasks, use_ray=profile.use_ray, desc="slides")
+    records = parallel_map(_write_task, tasks, use_ray=profile.use_ray, desc="slides")
+    stats = [r.pop(_WRITER) for r in records]
+    if writer_stats is not None:
+        writer_stats.extend(stats)
+    return records
 
 
 def annotated_slides(keys: list[tuple[Patient, int]], *, p_annotated: float, seed: int) -> set[int]:
@@ -98,8 +112,8 @@ def _write_task(task: tuple) -> dict:
     rng = np.random.default_rng([seed, 2, patient.index, k])
     plan = plan_slide(patient, profile=profile, rng=rng)
     partial = path.with_name(path.name + ".partial")
-    _write_pyramid(partial, plan=plan, profile=profile, rng=rng,
-                   taken=dt.datetime.combine(patient.biopsy_date, dt.time(0, 0)))
+    stats = _write_pyramid(partial, plan=plan, profile=profile, rng=rng,
+                           taken=dt.datetime.combine(patient.biopsy_date, dt.time(0, 0)), name=sid)
     os.replace(partial, path)  # a half-written slide is never visible under its name
     corrupt = None
     if k == 1 and "truncated_slide" in patient.corruptions:
@@ -119,7 +133,10 @@ def _write_task(task: tuple) -> dict:
             "corrupt": corrupt, "acquisition_date": patient.biopsy_date.isoformat(),
             "site": patient.site, "stain": site_stain(patient.site).as_dict(), "tumour_fraction": round(f, 4),
             "nuclear_density_tissue_per_mm2": round(f * density + (1 - f) * NORMAL_DENSITY_PER_MM2, 1),
-            "tumour_mask": mask_truth(plan.tumour_mask, grid_px=plan.grid_px), "annotation": annotation}
+            "tumour_mask": mask_truth(plan.tumour_mask, grid_px=plan.grid_px), "annotation": annotation,
+            _WRITER: {"slide_id": sid, "seconds": round(stats.seconds, 2), "level0_tiles": stats.level0_tiles,
+                      "background_tiles": stats.background_tiles, "file_bytes": stats.file_bytes,
+                      "peak_rss_mib": mib(stats.peak_rss_bytes)}}
 
 
 def _stamp(canvas: np.ndarray, blobs: Blobs, *, y0: int, x0: int, profile: str) -> None:
@@ -219,49 +236,29 @@ def _colour(lut: np.ndarray, hema: np.ndarray, eosin: np.ndarray, noise: np.ndar
     return np.take(lut, hq, axis=0)  # take() is ~3x faster than fancy indexing here
 
 
-def _downsample(img: np.ndarray, factor: int = LEVEL_DOWNSAMPLE) -> np.ndarray:
-    """Box-filter an (H, W, 3) uint8 image by ``factor``, padding edges to a multiple."""
-    img = np.pad(img, ((0, -img.shape[0] % factor), (0, -img.shape[1] % factor), (0, 0)), mode="edge")
-    rows = img[0::factor].astype(np.uint16)  # strided adds: ~10x faster than reshape().sum(axis=(1, 3))
-    for i in range(1, factor):
-        rows += img[i::factor]
-    acc = rows[:, 0::factor].copy()
-    for i in range(1, factor):
-        acc += rows[:, i::factor]
-    acc += factor * factor // 2
-    acc //= factor * factor
-    return acc.astype(np.uint8)
-
-
 def _write_pyramid(path: Path, *, plan: Plan, profile: SynthProfile, rng: np.random.Generator,
-                   taken: dt.datetime) -> None:
-    """Stream level 0 tile by tile; collect level 1 (16x fewer pixels) on the way; derive the rest from it."""
+                   taken: dt.datetime, name: str = "") -> WriteStats:
+    """Render level 0 tile by tile and stream it, with the pyramid above it, into ``path``
+    (:mod:`mmray.synth.slide_writer`: memory bounded by the slide's width, never a whole level)."""
     tile, w, h, mpp = profile.slide_tile_px, plan.width_px, plan.height_px, plan.mpp
-    level1 = np.zeros((-(-h // LEVEL_DOWNSAMPLE), -(-w // LEVEL_DOWNSAMPLE), 3), np.uint8)
     zero = np.zeros((tile, tile), np.float32)
     background = _colour(plan.lut, zero, zero, rng.random((tile, tile), dtype=np.float32))  # shared by empty tiles
-    background_small, step = _downsample(background), tile // LEVEL_DOWNSAMPLE
+
+    total = -(-h // tile) * -(-w // tile)
+    progress = RateLog(log, f"synth: slide {name}", total, unit="tiles", interval_s=30.0) \
+        if total >= PROGRESS_MIN_TILES else None
 
     def tiles():
         for y0 in range(0, h, tile):
             for x0 in range(0, w, tile):
-                pixels = _render_tile(plan, rng, y0, x0, tile_px=tile)  # whole tiles, also past the image edge
-                pixels, small = (background, background_small) if pixels is None else (pixels, _downsample(pixels))
-                dest = level1[y0 // LEVEL_DOWNSAMPLE:][:step, x0 // LEVEL_DOWNSAMPLE:][:, :step]
-                dest[...] = small[:dest.shape[0], :dest.shape[1]]
-                yield pixels
+                yield _render_tile(plan, rng, y0, x0, tile_px=tile)  # whole tiles, also past the image edge
+                if progress is not None:
+                    progress.tick()
 
-    common = dict(dtype=np.uint8, tile=(tile, tile), photometric="rgb", compression="jpeg",
-                  compressionargs={"level": JPEG_QUALITY}, resolutionunit="CENTIMETER", metadata=None,
-                  maxworkers=1)
     # Aperio-style key/values for humans; no leading "Aperio", so OpenSlide keeps it generic-tiff.
     description = (f"mmray synthetic slide {w}x{h} ({tile}x{tile}) JPEG/RGB Q={JPEG_QUALITY}"
                    f"|MPP = {mpp}|AppMag = {20 if mpp >= 0.4 else 40}")
-    with tifffile.TiffWriter(path, bigtiff=w * h * 3 > 2**31) as tif:
-        tif.write(tiles(), shape=(h, w, 3), resolution=(1e4 / mpp, 1e4 / mpp), subfiletype=0,
-                  description=description, software="mmray", datetime=taken, **common)
-        level = level1
-        for lvl in range(1, profile.slide_levels):
-            level = level if lvl == 1 else _downsample(level)
-            px_per_cm = 1e4 / (mpp * LEVEL_DOWNSAMPLE**lvl)
-            tif.write(level, shape=level.shape, resolution=(px_per_cm, px_per_cm), subfiletype=1, **common)
+    spec = PyramidSpec(width_px=w, height_px=h, tile_px=tile, levels=profile.slide_levels, mpp=mpp,
+                       jpeg_quality=JPEG_QUALITY, downsample=LEVEL_DOWNSAMPLE, description=description,
+                       datetime=taken)
+    return write_pyramid(path, tiles(), spec=spec, background=background)

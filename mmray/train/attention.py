@@ -27,37 +27,42 @@ from mmray.train.data import TILE_COLUMN, to_batch
 COLUMNS = ["patient_id", "slide_id", "scale", "x", "y", "size_l0", "attention", "fold"]
 
 
-def _read_patient_tiles(store, group: str, version: str, bag_ids, names: set[str]) -> pd.DataFrame:
-    want = [c for c in ("slide_id", "scale", "x", "y", "tile_px", "size_l0", TILE_COLUMN) if c in names]
-    frames = [store.read_bag(group, str(b), version=version, columns=want) for b in (bag_ids or [])]
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=want)
-    if "scale" in frame:
-        frame = frame[frame["scale"] == "tile"].reset_index(drop=True)
-    else:
-        frame["scale"] = "tile"
+def _read_patient_tiles(sampler, bag_ids, names: set[str]) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """All of a patient's tile rows (every slide): positions, and embeddings as one ``(n, d)`` array
+    (streamed by :class:`mmray.store.bag_sample.BagSampler`: no per-row lists)."""
+    want = [c for c in ("slide_id", "x", "y", "tile_px", "size_l0") if c in names]
+    got = sampler.sample(list(bag_ids or []), columns=[*want, TILE_COLUMN], key="attention",
+                         where={"scale": "tile"} if "scale" in names else None)
+    if got is None:
+        return pd.DataFrame(columns=[*want, "scale"]), None
+    frame = pd.DataFrame({c: got[c] for c in want})
+    frame["scale"] = "tile"
     if "size_l0" not in frame:  # tiles read at level 0: their level-0 size is their pixel size
         frame["size_l0"] = frame.get("tile_px", np.nan)
-    return frame
+    return frame, got[TILE_COLUMN]
 
 
 def tile_attention(model: torch.nn.Module, cols: Mapping[str, np.ndarray], *, store: str, group: str,
-                   dims: Mapping[str, int], bag_dim: int, fold: int, batch_size: int = 8) -> pd.DataFrame:
-    """Attention per tile for the patients of ``cols`` (a test-fold column dict with ``bag_ids``)."""
-    from mmray.store import FeatureStore
-    from mmray.store.manifest import schema_of
+                   dims: Mapping[str, int], bag_dim: int, fold: int, batch_size: int = 1) -> pd.DataFrame:
+    """Attention per tile for the patients of ``cols`` (a test-fold column dict with ``bag_ids``).
 
-    st = FeatureStore(store)
-    version = st.latest(group)
-    names = set(schema_of(st.manifest(group, version=version)).names)
+    ``batch_size`` patients go through the model at once with *all* their tiles (one by default: a real
+    patient may have 60,000 tiles, so memory is one patient's bag and its activations).
+    """
+    from mmray.store import FeatureStore
+    from mmray.store.bag_sample import BagSampler
+
+    sampler = BagSampler(FeatureStore(store), group)
+    names = set(sampler.schema.names)
     real = np.flatnonzero(np.asarray(cols["weight"]) > 0)  # padding rows are copies: skip them
     out = []
     model.eval()
     for start in range(0, len(real), batch_size):
         idx = real[start:start + batch_size]
         sub = {k: np.asarray(v)[idx] for k, v in cols.items()}
-        tiles = [_read_patient_tiles(st, group, version, ids, names) for ids in sub["bag_ids"]]
-        bags = [np.stack([np.asarray(e, np.float32) for e in t[TILE_COLUMN]]) if len(t)
-                else np.zeros((0, bag_dim), np.float32) for t in tiles]
+        read = [_read_patient_tiles(sampler, ids, names) for ids in sub["bag_ids"]]
+        tiles = [t for t, _ in read]
+        bags = [e if e is not None else np.zeros((0, bag_dim), np.float32) for _, e in read]
         sub["bag"] = np.asarray(bags + [None], dtype=object)[:-1]
         batch, _ = to_batch(sub, modalities=model.modalities, dims=dims, bag_dim=bag_dim)
         with torch.inference_mode():

@@ -27,7 +27,6 @@ rows (and of batches) without dropping a real patient.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -91,11 +90,16 @@ def to_arrow(cols: Mapping[str, np.ndarray]) -> pa.Table:
     return pa.table(arrays)
 
 
-def to_dataset(cols: Mapping[str, np.ndarray], *, tiles: dict | None = None, rows_per_block: int = 32):
+MIL_ROWS_PER_BLOCK = 8  # patients per block of a dataset that reads tile bags (one reader batch)
+
+
+def to_dataset(cols: Mapping[str, np.ndarray], *, tiles: dict | None = None,
+               rows_per_block: int = MIL_ROWS_PER_BLOCK):
     """A ``ray.data.Dataset`` of a column dict; ``tiles`` (:class:`TileReader` keywords) adds the bags.
 
     With tiles the patients go in blocks of ``rows_per_block``, so bag reading streams block by block
-    (and in parallel) instead of one task reading the whole epoch's tiles.
+    (and in parallel) instead of one task reading the whole epoch's tiles, and a block holds at most
+    ``rows_per_block`` patients' tile samples (8 x 4096 tiles x 384-d: 50 MB).
     """
     import ray.data
 
@@ -110,73 +114,91 @@ _READERS: dict = {}
 
 
 class TileReader:
-    """Read each patient's tiles (all its slides) from a bag group of the store.
+    """Read a sample of each patient's tiles (all its slides) from a bag group of the store.
 
-    ``max_tiles`` caps a patient's bag (a seeded, per-patient sample), as
-    attention-MIL training commonly does for memory.  ``tile_filter``
-    (``{version, threshold}`` of ``wsi_tumour``; ``"auto"``: the one the
-    store's ``wsi_slide`` aggregates were made with, if any) keeps only the
-    tiles the tumour filter passes, as the aggregates do.  Used as a Ray Data
-    stage through :func:`read_tiles` (a task-based ``map_batches``: worker
-    processes keep one reader, with its bag index, per store version).
+    ``max_tiles`` caps a patient's bag (a seeded, per-patient sample), as attention-MIL training commonly
+    does for memory; the sample is drawn before anything but the filter columns is read and only the drawn
+    rows are kept as the row groups stream past (:class:`mmray.store.bag_sample.BagSampler`), so a reader
+    holds one patient's sample and one record batch, whatever the slides' size.  ``tile_filter``
+    (``{version, threshold}`` of ``wsi_tumour``; ``"auto"``: the one the store's ``wsi_slide`` aggregates
+    were made with, if any) keeps only the tiles the tumour filter passes, as the aggregates do; the sample
+    is drawn from those.  ``extra_columns`` (e.g. ``("x", "y", "region_id")`` for models that use tile
+    positions) come along as ``bag__<column>``.  Used as a Ray Data stage through :func:`read_tiles` (a
+    task-based ``map_batches``: worker processes keep one reader, with its bag index, per store version).
     """
 
     def __init__(self, *, store: str, group: str = TILE_GROUP, version: str | None = None,
                  column: str = TILE_COLUMN, scale: str | None = "tile", max_tiles: int | None = 4096, seed: int = 0,
-                 tile_filter: dict | str | None = "auto"):
+                 tile_filter: dict | str | None = "auto", extra_columns: Sequence[str] = ()):
         from mmray.store import FeatureStore
-        from mmray.store.manifest import schema_of
+        from mmray.store.bag_sample import BagSampler
 
         self.store = FeatureStore(store)
         self.group, self.column, self.max_tiles, self.seed = group, column, max_tiles, seed
-        self.version = version or self.store.latest(group)
-        names = schema_of(self.store.manifest(self.group, version=self.version)).names
-        self.scale = scale if "scale" in names else None  # wsi_tiles holds 256-px tiles and 4096-px regions
+        self.extra_columns = tuple(extra_columns)
+        self.sampler = BagSampler(self.store, group, version=version)
+        self.version = self.sampler.version
+        names = self.sampler.schema.names
+        self.scale = scale if "scale" in names else None  # wsi_tiles: 256-px tiles + regions
         if tile_filter == "auto":
             slides = self.store.latest("wsi_slide") if group == TILE_GROUP else None
             tile_filter = self.store.manifest("wsi_slide", version=slides)["params"].get("tile_filter") \
                 if slides else None
         self.tile_filter = tile_filter if {"x", "y"} <= set(names) else None
+        self._kept: dict[str, set | None] = {}
+
+    def _keeps(self, bag, batch) -> np.ndarray:
+        """Which rows of a record batch of ``bag`` the tumour-tile filter keeps (all when it never scored it)."""
+        from mmray.ingest.wsi_tumour import kept_tiles
+
+        bag = str(bag)
+        if bag not in self._kept:
+            self._kept[bag] = kept_tiles(self.store, bag, version=self.tile_filter["version"],
+                                         threshold=self.tile_filter["threshold"])
+        kept, n = self._kept[bag], batch.num_rows
+        if kept is None:
+            return np.ones(n, bool)
+        names = batch.schema.names
+        scales = batch.column("scale").to_numpy(zero_copy_only=False).astype(str) if "scale" in names \
+            else np.full(n, "tile")
+        xs = batch.column("x").to_numpy(zero_copy_only=False).astype(int)
+        ys = batch.column("y").to_numpy(zero_copy_only=False).astype(int)
+        return np.fromiter(((s, int(x), int(y)) in kept for s, x, y in zip(scales, xs, ys)), bool, count=n)
+
+    def read_sample(self, patient_id: str, bag_ids) -> dict[str, np.ndarray] | None:
+        """``{column: array}`` of the patient's sampled rows (None: no tile)."""
+        filt = {}
+        if self.tile_filter:
+            filt = {"row_filter": self._keeps, "filter_columns": ("x", "y") + (("scale",) if self.scale else ())}
+        return self.sampler.sample(bag_ids if bag_ids is not None else [], columns=[self.column, *self.extra_columns],
+                                   key=str(patient_id), max_rows=self.max_tiles, seed=self.seed,
+                                   where={"scale": self.scale} if self.scale else None, **filt)
 
     def read(self, patient_id: str, bag_ids) -> np.ndarray | None:
-        parts = []
-        cols = [self.column] + (["scale"] if self.scale else []) + (["x", "y"] if self.tile_filter else [])
-        for bag in (bag_ids if bag_ids is not None else []):
-            frame = self.store.read_bag(self.group, str(bag), version=self.version, columns=cols)
-            if self.scale:
-                frame = frame[frame["scale"] == self.scale]
-            if self.tile_filter:
-                from mmray.ingest.wsi_tumour import kept_tiles
-
-                kept = kept_tiles(self.store, str(bag), version=self.tile_filter["version"],
-                                  threshold=self.tile_filter["threshold"])
-                if kept is not None:
-                    scales = frame["scale"].astype(str) if "scale" in frame else pd.Series("tile", index=frame.index)
-                    frame = frame[[k in kept for k in zip(scales, frame["x"].astype(int), frame["y"].astype(int))]]
-            if len(frame):
-                parts.append(np.stack([np.asarray(v, dtype=np.float32) for v in frame[self.column]]))
-        if not parts:
-            return None
-        tiles = np.concatenate(parts)
-        if self.max_tiles and tiles.shape[0] > self.max_tiles:
-            rng = np.random.default_rng([self.seed, zlib.crc32(str(patient_id).encode())])
-            tiles = tiles[np.sort(rng.choice(tiles.shape[0], self.max_tiles, replace=False))]
-        return tiles
+        """``[n_tiles, d]`` float32 of the patient's sampled tiles (None: no tile)."""
+        got = self.read_sample(patient_id, bag_ids)
+        return None if got is None else got[self.column]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        bags = [self.read(p, ids) for p, ids in zip(batch["patient_id"], batch["bag_ids"])]
-        dim = next((b.shape[1] for b in bags if b is not None), None)
+        samples = [self.read_sample(p, ids) for p, ids in zip(batch["patient_id"], batch["bag_ids"])]
+        dim = next((s[self.column].shape[1] for s in samples if s is not None), None)
         if dim is None:
             dim = self._dim()
-        out = dict(batch)
-        out["bag"] = np.asarray([b if b is not None else np.zeros((0, dim), np.float32) for b in bags] + [None],
-                                dtype=object)[:-1]
+        out = {k: v for k, v in batch.items() if k != "bag_ids"}  # read: the ids are not needed downstream
+        out["bag"] = _objects([s[self.column] if s is not None else np.zeros((0, dim), np.float32) for s in samples])
+        for c in self.extra_columns:
+            out[f"bag__{c}"] = _objects([s[c] if s is not None else np.zeros(0) for s in samples])
         return out
 
     def _dim(self) -> int:
         first = self.store.bags(self.group, version=self.version)["bag_id"].iloc[0]
         return len(self.store.read_bag(self.group, first, version=self.version,
                                            columns=[self.column])[self.column].iloc[0])
+
+
+def _objects(arrays: list) -> np.ndarray:
+    """A 1-d object array holding ``arrays`` (numpy would otherwise stack equal-shaped ones)."""
+    return np.asarray(arrays + [None], dtype=object)[:-1]
 
 
 def read_tiles(batch: dict[str, np.ndarray], **tiles) -> dict[str, np.ndarray]:
@@ -240,7 +262,14 @@ def batches(source, *, batch_size: int, modalities: Sequence[str], dims: Mapping
     else:
         kw = {}
         if shuffle_seed is not None:
-            kw = {"local_shuffle_buffer_size": max(2 * batch_size, 256), "local_shuffle_seed": shuffle_seed}
+            # A MIL row carries its bag (up to max_tiles x d floats, MBs): a buffer of a few batches, with the
+            # blocks (MIL_ROWS_PER_BLOCK patients each) in a seeded random order instead, else the buffer
+            # (256 rows) would hold a large cohort's whole training set.
+            mil = bag_dim is not None
+            kw = {"local_shuffle_buffer_size": 2 * batch_size if mil else max(2 * batch_size, 256),
+                  "local_shuffle_seed": shuffle_seed}
+            if mil and hasattr(source, "randomize_block_order"):
+                source = source.randomize_block_order(seed=shuffle_seed)
         it = source.iter_batches(batch_size=batch_size, batch_format="numpy", **kw)
     for cols in it:
         yield to_batch(cols, modalities=modalities, dims=dims, bag_dim=bag_dim)

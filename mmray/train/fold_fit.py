@@ -180,7 +180,9 @@ def prepare_torch_fold(*, model: str, hparams: Mapping, task: str, modalities: S
 def score_torch(tf: TorchFold, model, rows: FoldRows, fold: int) -> tuple[FoldScore, pd.DataFrame]:
     """Held-out scores of a fitted torch model (Breslow baseline from the training fold)."""
     P, task = tf.prepared, tf.spec.task
-    pred = {k: predict_columns(model, tf.source(k), dims=tf.pre.dims, bag_dim=tf.spec.bag_dim)
+    # MIL: a prediction batch holds its patients' tile samples, so it is no larger than a training batch
+    batch = tf.spec.batch_size if tf.tiles is not None else 256
+    pred = {k: predict_columns(model, tf.source(k), dims=tf.pre.dims, bag_dim=tf.spec.bag_dim, batch_size=batch)
             for k in (("test",) if task == "subtype" else ("test", "train"))}
     test = _align(pred["test"], P["test"].patient_ids)
     if task == "subtype":

@@ -195,7 +195,8 @@ def run_tune(cfg: TuneJobConfig) -> TuneReport:
                                                  verbose=logs.tune_verbosity()))
     log.info("tune %s: %s on %s, %d trial(s), %d folds, space %s", run, cfg.model, list(cfg.modalities),
              cfg.search.num_samples, cfg.folds.n_folds, sorted(space))
-    results = tuner.fit()
+    with logs.printed_to_log("ray.tune.output"):  # Tune prints its experiment table: to the log file
+        results = tuner.fit()
     trials = _trials_table(results)
     ok = [r for r in results if not r.error and r.metrics and METRIC in r.metrics]
     if not ok:

@@ -50,7 +50,7 @@ def test_spec_loads_and_names_every_part(tiny):
 def test_truth_records_patients_modalities_and_corruptions(tiny):
     truth = json.loads((tiny / "truth.json").read_text())
     assert truth["generator"] == {"mmray_version": truth["generator"]["mmray_version"], "profile": "tiny",
-                                  "patients": 8, "seed": 1, "corrupt": 4}
+                                  "patients": 8, "seed": 1, "corrupt": 4, "slide_px": [2048, 1536]}
     patients = truth["patients"]
     assert len(patients) == 8
     assert any(p["n_slides"] == 2 for p in patients), "some patients have two slides"
