@@ -5,6 +5,9 @@ Built in:
 * ``resnet50_trunc``: ResNet-50 up to ``layer3`` + global average pool, 1024-d (CLAM's encoder);
 * ``resnet50``: ResNet-50 without its classifier, 2048-d;
 * ``vit_small``: ViT-S/16 (the DINO architecture, timm ``vit_small_patch16_224``), 384-d;
+* ``vit_tiny``: ViT-Ti/16 (timm ``vit_tiny_patch16_224``), 192-d;
+* ``cnn_small``: :class:`mmray.models.dino_backbones.SmallCNN`, 256-d, the CPU backbone ``mmray pretrain``
+  trains (its checkpoints load here by name);
 
 and any timm architecture name (``timm.list_models()``), with its classifier
 removed.  Weights never come from the internet: they come from a local file or
@@ -32,7 +35,7 @@ from mmray.errors import ConfigError, InputError, UnknownNameError
 
 log = logging.getLogger(__name__)
 
-BUILTIN_DIMS = {"resnet50_trunc": 1024, "resnet50": 2048, "vit_small": 384}
+BUILTIN_DIMS = {"resnet50_trunc": 1024, "resnet50": 2048, "vit_small": 384, "vit_tiny": 192, "cnn_small": 256}
 _CHECKPOINT_KEYS = ("teacher", "state_dict", "model", "model_state_dict", "student")
 _PREFIXES = ("module.", "backbone.", "encoder.", "model.")
 
@@ -176,7 +179,11 @@ def _create(name: str, input_px: int):
         model = torchvision.models.resnet50(weights=None)
         model.fc = nn.Identity()
         return model, ("fc.",)
-    arch = "vit_small_patch16_224" if name == "vit_small" else name
+    if name == "cnn_small":
+        from mmray.models.dino_backbones import SmallCNN
+
+        return SmallCNN(), ()
+    arch = {"vit_small": "vit_small_patch16_224", "vit_tiny": "vit_tiny_patch16_224"}.get(name, name)
     try:
         model = timm.create_model(arch, pretrained=False, num_classes=0, img_size=input_px)
     except TypeError:  # CNNs take any input size and no img_size argument
