@@ -1,8 +1,8 @@
 """Backbones for self-supervised pretraining that the encoder registry can load back by name.
 
-* ``cnn_small``: :class:`SmallCNN`, four strided Conv-GroupNorm-GELU stages
-  and global average pooling (256-d), written for CPU pretraining: about
-  0.4 M parameters, no BatchNorm (so data-parallel workers need no
+* ``cnn_small``: :class:`SmallCNN`, a patchifying stem and four
+  Conv-GroupNorm-GELU stages with global average pooling (128-d), written for
+  CPU pretraining: about 0.3 M parameters, no BatchNorm (so data-parallel workers need no
   synchronised statistics) and any input size; ``spatial_dims=3`` makes the
   same network for volumes (CT crops);
 * ``vit_small`` (ViT-S/16, 384-d, HIPT's and DINO's default), ``vit_tiny``
@@ -22,12 +22,14 @@ from torch import nn
 from mmray.errors import UnknownNameError
 
 TIMM_ALIASES = {"vit_small": "vit_small_patch16_224", "vit_tiny": "vit_tiny_patch16_224"}
-SMALL_CNN_WIDTHS = (32, 64, 128, 256)
+SMALL_CNN_WIDTHS = (16, 32, 64, 128)
 
 
 class SmallCNN(nn.Module):
-    """``[B, C, *spatial] -> [B, widths[-1]]``: per stage a stride-2 conv and a stride-1 conv (each followed by
-    GroupNorm and GELU), then global average pooling.  ``spatial_dims`` 2 (images) or 3 (volumes)."""
+    """``[B, C, *spatial] -> [B, widths[-1]]``: a stride-4 patchifying stem, then per stage a stride-2 conv (from
+    the second stage on) and a stride-1 conv, each followed by GroupNorm and GELU, then global average pooling.
+    ``spatial_dims`` 2 (images) or 3 (volumes).  The stem keeps the early activations (and the memory and time of
+    DINO's ten views per sample) small, as ConvNeXt's does."""
 
     def __init__(self, *, in_chans: int = 3, widths: tuple[int, ...] = SMALL_CNN_WIDTHS, spatial_dims: int = 2,
                  groups: int = 8):
@@ -35,13 +37,17 @@ class SmallCNN(nn.Module):
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
-        layers: list[nn.Module] = []
-        c = in_chans
-        for w in widths:
-            for stride in (2, 1):
-                layers += [conv(c, w, kernel_size=3, stride=stride, padding=1, bias=False),
-                           nn.GroupNorm(min(groups, w), w), nn.GELU()]
-                c = w
+
+        def unit(c_in, c_out, **kw):
+            return [conv(c_in, c_out, bias=False, **kw), nn.GroupNorm(min(groups, c_out), c_out), nn.GELU()]
+
+        layers: list[nn.Module] = unit(in_chans, widths[0], kernel_size=4, stride=4)
+        c = widths[0]
+        for i, w in enumerate(widths):
+            if i:
+                layers += unit(c, w, kernel_size=3, stride=2, padding=1)
+            layers += unit(w, w, kernel_size=3, stride=1, padding=1)
+            c = w
         self.features = nn.Sequential(*layers)
         self.spatial_dims = spatial_dims
         self.num_features = self.embed_dim = c
