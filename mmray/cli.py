@@ -442,6 +442,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 COMMAND_MODULES: tuple[str, ...] = (
     "mmray.cli_env",
     "mmray.cli_explain",
+    "mmray.cli_pretrain",
 )
 
 

@@ -159,7 +159,7 @@ def ingest_wsi(ctx) -> ModalityReport:
     report.n_items = len(slides) + len(bad)
     for f in bad:
         report.fail(**f)
-    encoder = resolve(cfg.encoder)
+    encoder = resolve(cfg.encoder, store=ctx.store.uri)
     report.notes += list(encoder.notes)
     key = embed_key(cfg, encoder.encoder_id)
     sources: dict[str, dict] = {}

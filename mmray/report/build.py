@@ -33,6 +33,7 @@ from mmray.errors import StoreError
 from mmray.report import coverage, inputs, performance, run_sections, signature_table, slide_sections
 from mmray.report.paired_section import paired_section
 from mmray.report.bias import bias_sections
+from mmray.report.encoder_section import encoder_section
 from mmray.report.document import InputMissing, Section, error_note, missing_note, page
 from mmray.report.leakage import leakage_sections
 from mmray.report.render import REPORTS_DIR, read_report
@@ -137,6 +138,7 @@ def build_sections(store: FeatureStore, *, cohort: str | None = None,
         ("results", "Cross-validated results: model x modality set", results),
         ("ablation", "Modality ablation", lambda: performance.ablation_section(need_run())),
         ("paired", "Paired comparison with the best single baseline", lambda: paired_section(need_run())),
+        ("encoders", "Slide encoders pretrained on the cohort (DINO)", lambda: encoder_section(store)),
         ("kaplan-meier", "Kaplan-Meier curves of predicted risk groups", lambda: performance.km_section(need_run())),
         ("signatures", "Gene-signature models",
          lambda: signature_table.signatures_section(inputs.signature_runs(store, registry_cfg))),

@@ -284,7 +284,7 @@ def run_dino(spec: DinoRunSpec, session: Session, *, heartbeat_dir: str | None =
         kw: dict[str, Any] = {"batch_size": spec.dino.batch_size, "batch_format": "numpy", "drop_last": True}
         if spec.shuffle_buffer_rows:
             kw.update(local_shuffle_buffer_size=spec.shuffle_buffer_rows,
-                      local_shuffle_seed=_stream_seed(spec.dino.seed, tr.epoch, -1, session.world_rank) % 2**31)
+                      local_shuffle_seed=_stream_seed(spec.dino.seed, tr.epoch, 2**31 - 1, session.world_rank) % 2**31)
         row = tr.train_epoch(data.iter_batches(**kw))
         if session.world_rank == 0:
             row.update(tr.evaluate())
