@@ -101,21 +101,26 @@ def ingest_section(cfg) -> dict:
     return {**section, "wsi": wsi}
 
 
-def _slide_runs(run, compare: CompareSection, tag: str):
-    """Cross-validate the compared models on the slide set now (a train run named after ``tag``)."""
-    from mmray.train.cv import run_train
-
-    tcfg = run.cfg.train_config()
-    sets = {compare.set_name: tcfg.modality_sets.get(compare.set_name, ("slide",))}
+def compared_models(tcfg, compare: CompareSection) -> tuple:
+    """The train section's model entries that run on the compared set (or ``compare.models``), on that set only."""
     from mmray.train.config import ModelEntry, sets_for
 
     models = [e for e in tcfg.models if compare.set_name in sets_for(e, tcfg.modality_sets)]
     if compare.models:
         models = [e for e in models if e.name in compare.models] or [ModelEntry(m, (compare.set_name,))
                                                                      for m in compare.models]
-    models = tuple(dataclasses.replace(e, sets=(compare.set_name,)) for e in models)
-    cfg = dataclasses.replace(tcfg, modality_sets=sets, models=models, run_name=f"encoder-compare-{tag}",
-                              output=None, workdir=None, n_boot=min(tcfg.n_boot, 50))
+    return tuple(dataclasses.replace(e, sets=(compare.set_name,)) for e in models)
+
+
+def _slide_runs(run, compare: CompareSection, tag: str):
+    """Cross-validate the compared models on the slide set now (a train run named after ``tag``)."""
+    from mmray.train.cv import run_train
+
+    tcfg = run.cfg.train_config()
+    sets = {compare.set_name: tcfg.modality_sets.get(compare.set_name, ("slide",))}
+    cfg = dataclasses.replace(tcfg, modality_sets=sets, models=compared_models(tcfg, compare),
+                              run_name=f"encoder-compare-{tag}", output=None, workdir=None,
+                              n_boot=min(tcfg.n_boot, 50))
     return run_train(cfg)
 
 
@@ -138,7 +143,9 @@ def run_stage(run):
     store = run.store
     before = store.latest(SLIDES_PATIENT)
     random_scores = None
-    if compare.enabled and "train" in run.cfg.stages and before is not None:
+    compare_on = compare.enabled and "train" in run.cfg.stages and bool(compared_models(run.cfg.train_config(),
+                                                                                          compare))
+    if compare_on and before is not None:
         enc = store.manifest(SLIDES_PATIENT, version=before)["params"].get("embed_key", {}).get("encoder_id", "")
         if "@random-seed" in enc:  # the ingest's random encoder: the baseline, measured before it is replaced
             run.progress("    pretrain: slide-only cross-validation with the random encoder (baseline)")
@@ -149,7 +156,7 @@ def run_stage(run):
     compare_uri = uri_mod.join(report.output, COMPARE)
     result = _read(compare_uri)
     after = store.latest(SLIDES_PATIENT)
-    if compare.enabled and "train" in run.cfg.stages and random_scores is not None and after != before:
+    if compare_on and random_scores is not None and after != before:
         run.progress("    pretrain: slide-only cross-validation with the pretrained encoder")
         pre = {"version": after, "encoder_id": report.encoder_id,
                "scores": _fold_scores(_slide_runs(run, compare, "pretrained"))}

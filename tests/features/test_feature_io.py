@@ -2,40 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import h5py
 import numpy as np
 import pytest
+from slide_cohort import small_slide_cohort
 
 from mmray.cli import main
 from mmray.cohort import load_cohort
 from mmray.features.feature_io import bags_equal, export_features, import_features, read_h5
 from mmray.ingest.slide_ids import slide_list
 from mmray.store import FeatureStore
-from mmray.synth.latent import sample_patients
-from mmray.synth.profiles import get_profile
-from mmray.synth.slides import write_slides
 
 D = 8
 
 
-def small_slide_cohort(out, *, n: int = 4, seed: int = 3, width_px: int = 1536, height_px: int = 1024):
-    """``n`` one-slide patients as small synthetic slides, a manifest and a cohort.yaml (nothing else)."""
-    profile = dataclasses.replace(get_profile("tiny"), slide_width_px=width_px, slide_height_px=height_px)
-    patients = [dataclasses.replace(p, n_slides=1, corruptions=[]) for p in sample_patients(n, profile=profile,
-                                                                                            seed=seed)]
-    out.mkdir(parents=True, exist_ok=True)
-    recs = write_slides(patients, out_dir=out / "slides", profile=profile, seed=seed)
-    rows = ["patient_id,modality,path"] + [f"{r['patient_id']},wsi,{r['path']}" for r in recs]
-    (out / "manifest.csv").write_text("\n".join(rows) + "\n")
-    (out / "cohort.yaml").write_text("name: small\nmanifest: manifest.csv\n")
-    return out
-
-
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    out = small_slide_cohort(tmp_path_factory.mktemp("fio") / "cohort")
+    out, _ = small_slide_cohort(tmp_path_factory.mktemp("fio") / "cohort")
     slides, _ = slide_list(load_cohort(out / "cohort.yaml").manifest(), lambda p: p)
     return out, slides
 

@@ -5,8 +5,11 @@ slide is on the same side of a split, so a probe cannot score by recognising
 the slide.  Scores:
 
 * ``probe_linear_bacc``: balanced accuracy of an L2-regularised logistic
-  regression on standardised embeddings (scikit-learn), pooled over the
-  out-of-fold predictions;
+  regression (scikit-learn) on the L2-normalised embeddings, pooled over the
+  out-of-fold predictions.  As DINO's linear evaluation, the features are not
+  standardised: per-dimension scaling would let a probe read any faint direction
+  of a random network's output, where the question is whether the embedding
+  itself separates the classes;
 * ``probe_knn_acc``: accuracy of DINO's weighted k-NN classifier (cosine
   similarity, the ``k`` nearest training embeddings vote with weight
   ``exp(sim / T)``, T = 0.07), also out of fold.
@@ -42,9 +45,8 @@ def probe_scores(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, *
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.model_selection import GroupKFold
-    from sklearn.preprocessing import StandardScaler
-
     x = np.asarray(features, dtype=np.float64)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     y = np.asarray(labels)
     groups = np.asarray(groups)
     classes, y = np.unique(y, return_inverse=True)
@@ -57,10 +59,9 @@ def probe_scores(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, *
     for tr, te in GroupKFold(n_splits=splits).split(x, y, groups):
         if len(np.unique(y[tr])) < 2:
             continue
-        sc = StandardScaler().fit(x[tr])
         clf = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
-        clf.fit(sc.transform(x[tr]), y[tr])
-        lin[te] = clf.predict(sc.transform(x[te]))
+        clf.fit(x[tr], y[tr])
+        lin[te] = clf.predict(x[te])
         knn[te] = knn_predict(x[tr], y[tr], x[te], k=k, n_classes=len(classes))
     done = lin >= 0
     if not done.any():

@@ -116,8 +116,11 @@ def crop_grid(x: torch.Tensor, *, size: int, generator: torch.Generator) -> torc
     return x[torch.arange(b)[:, None, None], rows, cols]
 
 
-def read_slide_grids(batch: dict[str, np.ndarray], *, store: str, version: str, min_tiles: int) -> dict:
-    """Ray Data stage: slide ids -> one row per region: ``grid`` and its metadata (``slide_id`` ...)."""
+def read_slide_grids(batch: dict[str, np.ndarray], *, store: str, version: str, min_tiles: int,
+                     shape: tuple[int, int] = (1, 1)) -> dict:
+    """Ray Data stage: slide ids -> one row per region: ``grid`` and its metadata (``slide_id`` ...).
+
+    ``shape``: ``(G, D)``, the grid of a batch without regions (every block keeps one schema)."""
     from mmray.store import FeatureStore
 
     st = FeatureStore(store)
@@ -132,10 +135,12 @@ def read_slide_grids(batch: dict[str, np.ndarray], *, store: str, version: str, 
             for k in META:
                 out[k].append(meta[k].iloc[i])
     if not out["grid"]:
-        return {"grid": np.zeros((0, 1, 1, 1), np.float32), "slide_id": np.zeros(0, object),
-                **{k: np.zeros(0) for k in META}}
-    res = {k: np.asarray(v, dtype=object if k in ("slide_id", "patient_id", "event_time") else None)
-           for k, v in out.items() if k != "grid"}
+        g, d = shape
+        kinds = {"patient_id": object, "event_time": object, "mpp": np.float64}
+        empty = {k: np.zeros(0, kinds.get(k, np.int64)) for k in META}
+        return {"grid": np.zeros((0, g, g, d), np.float32), "slide_id": np.zeros(0, object), **empty}
+    kinds = {"slide_id": object, "patient_id": object, "event_time": object, "mpp": np.float64}
+    res = {k: np.asarray(v, dtype=kinds.get(k, np.int64)) for k, v in out.items() if k != "grid"}
     res["grid"] = np.stack(out["grid"])
     return res
 
@@ -183,7 +188,7 @@ def run_regions(cfg, *, store, tile_encoder_id: str, output: str, tracking: dict
     pid = dict(zip(slides["bag_id"].astype(str), slides["patient_id"].astype(str)))
     probe_ids = choose_probe_slides(pid, labels, n=cfg.probe.slides, seed=cfg.data.seed) if labels else []
     train_ids = [s for s in pid if s not in set(probe_ids)]
-    kw = {"store": store.uri, "version": version, "min_tiles": rc.min_tiles}
+    kw = {"store": store.uri, "version": version, "min_tiles": rc.min_tiles, "shape": (grid, dim)}
 
     def grids_of(ids):
         ds = ray.data.from_items([{"slide_id": s} for s in ids], override_num_blocks=max(1, min(len(ids), 64)))
