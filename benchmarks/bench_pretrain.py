@@ -1,7 +1,7 @@
 """DINO pretraining throughput: a plain single-process PyTorch loop vs mmray's Ray Train loop (1 and 2 workers).
 
-    .venv/bin/python benchmarks/bench_pretrain.py --json pretrain.json [--backbone cnn_small] [--epochs 4] \
-        [--tiles 1536] [--num-cpus 2] [--gpu]
+    .venv/bin/python benchmarks/bench_pretrain.py --json pretrain.json [--backbone cnn_small] [--epochs 3] \
+        [--tiles 768] [--repeat 3] [--num-cpus 2] [--gpu]
 
 The same model and data everywhere: ``--tiles`` random RGB tiles of ``--tile-px`` (content does not change
 the cost), ``--backbone`` with a DINO head (``--out-dim`` prototypes), 2 global crops of ``--global-px`` and
@@ -18,7 +18,9 @@ the cost), ``--backbone`` with a DINO head (``--out-dim`` prototypes), 2 global 
 Images/s of an epoch = images trained / that epoch's time (measured inside the training loop, data waits
 included); the first epoch (warm-up: Ray Data, DDP, allocator) is reported apart and the headline is the
 median of the later ones.  Wall seconds of each run (Ray Train's start, checkpoints) are reported too.
-``ratio`` = mmray / baseline images/s (goal: >= 0.9 on CPU).  With ``--gpu`` (and a CUDA device) also
+On a shared machine the load drifts within minutes, so the plain loop, 1 worker and 2 workers run in turn
+``--repeat`` times and each ratio is the median of the per-round ratios (every round's figures are in the
+JSON).  ``ratio`` = mmray / baseline images/s (goal: >= 0.9 on CPU).  With ``--gpu`` (and a CUDA device) also
 ``gpu_bf16``: 1 GPU worker with bf16 autocast, ``vit_small`` at 224/96 px (HIPT's setting).
 """
 
@@ -39,7 +41,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmray.models.dino import DINOHead, DINOLoss, MultiCropWrapper, clip_gradients, ema_update, param_groups  # noqa: E402
+from mmray.models.dino import (DINOHead, DINOLoss, MultiCropWrapper, clip_gradients,  # noqa: E402
+                               ema_update, param_groups)
 from mmray.train.pretrain.dino_config import DinoConfig  # noqa: E402
 from mmray.train.pretrain.loop import DinoRunSpec, fit_dino, iters_per_epoch  # noqa: E402
 from mmray.train.pretrain.tile_task import TileDinoTask  # noqa: E402
@@ -117,32 +120,35 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", default=None)
     p.add_argument("--backbone", default="cnn_small")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--tiles", type=int, default=1536)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--tiles", type=int, default=768)
     p.add_argument("--tile-px", type=int, default=128)
-    p.add_argument("--global-px", type=int, default=96)
-    p.add_argument("--local-px", type=int, default=48)
-    p.add_argument("--local-crops", type=int, default=8)
+    p.add_argument("--global-px", type=int, default=64)
+    p.add_argument("--local-px", type=int, default=32)
+    p.add_argument("--local-crops", type=int, default=4)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--out-dim", type=int, default=4096)
+    p.add_argument("--out-dim", type=int, default=256)
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--num-cpus", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=3, help="rounds of (plain, 1 worker, 2 workers)")
     p.add_argument("--gpu", action="store_true", help="also bf16 images/s on one GPU (vit_small, 224/96 px)")
     a = p.parse_args()
     import ray
 
     pixels = np.random.default_rng(0).integers(0, 256, size=(a.tiles, a.tile_px, a.tile_px, 3), dtype=np.uint8)
     load = os.getloadavg()
-    base = plain_loop(pixels, a)
-    print(f"plain loop: {base['images_per_s']:.1f} images/s", flush=True)
     ray.init(num_cpus=a.num_cpus, num_gpus=1 if a.gpu and torch.cuda.is_available() else 0,
              include_dashboard=False, log_to_driver=False)
     ds = ray.data.from_items([{"pixels": x} for x in pixels], override_num_blocks=16).materialize()
+    rounds = []
     with tempfile.TemporaryDirectory(prefix="bench-pretrain-") as tmp:
-        one = ray_loop(ds, a.tiles, a, workers=1, workdir=Path(tmp) / "w1")
-        print(f"Ray Train 1 worker: {one['images_per_s']:.1f} images/s", flush=True)
-        two = ray_loop(ds, a.tiles, a, workers=2, workdir=Path(tmp) / "w2")
-        print(f"Ray Train 2 workers: {two['images_per_s']:.1f} images/s", flush=True)
+        for r in range(a.repeat):
+            base = plain_loop(pixels, a)
+            one = ray_loop(ds, a.tiles, a, workers=1, workdir=Path(tmp) / f"w1-{r}")
+            two = ray_loop(ds, a.tiles, a, workers=2, workdir=Path(tmp) / f"w2-{r}")
+            rounds.append({"baseline": base, "mmray": one, "two_workers": two, "loadavg": os.getloadavg()})
+            print(f"round {r + 1}: plain {base['images_per_s']:.1f}, Ray Train 1 worker {one['images_per_s']:.1f}, "
+                  f"2 workers {two['images_per_s']:.1f} images/s (load {os.getloadavg()[0]:.1f})", flush=True)
         gpu = None
         if a.gpu and torch.cuda.is_available():
             big = np.random.default_rng(1).integers(0, 256, size=(a.tiles, 256, 256, 3), dtype=np.uint8)
@@ -151,9 +157,17 @@ def main() -> None:
                            px=(224, 96))
             gpu["device"] = torch.cuda.get_device_name(0)
     ray.shutdown()
-    out = {"baseline": base, "mmray": one, "ratio": one["images_per_s"] / base["images_per_s"],
-           "two_workers": two, "ratio_two_vs_one": two["images_per_s"] / one["images_per_s"],
-           "gpu_bf16": gpu, "goal": "mmray (1 Ray Train worker) >= 0.9 x the plain loop's images/s on CPU",
+
+    def med(key):
+        return statistics.median(r[key]["images_per_s"] for r in rounds)
+
+    out = {"baseline": {"images_per_s": med("baseline")}, "mmray": {"images_per_s": med("mmray")},
+           "ratio": statistics.median(r["mmray"]["images_per_s"] / r["baseline"]["images_per_s"] for r in rounds),
+           "two_workers": {"images_per_s": med("two_workers")},
+           "ratio_two_vs_one": statistics.median(r["two_workers"]["images_per_s"] / r["mmray"]["images_per_s"]
+                                                 for r in rounds),
+           "rounds": rounds, "gpu_bf16": gpu,
+           "goal": "mmray (1 Ray Train worker) >= 0.9 x the plain loop's images/s on CPU",
            "settings": {k: v for k, v in vars(a).items() if k != "json"},
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_start": load,
                        "loadavg_end": os.getloadavg(), "torch": torch.__version__}}

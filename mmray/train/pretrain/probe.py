@@ -5,11 +5,11 @@ slide is on the same side of a split, so a probe cannot score by recognising
 the slide.  Scores:
 
 * ``probe_linear_bacc``: balanced accuracy of an L2-regularised logistic
-  regression (scikit-learn) on the L2-normalised embeddings, pooled over the
-  out-of-fold predictions.  As DINO's linear evaluation, the features are not
-  standardised: per-dimension scaling would let a probe read any faint direction
-  of a random network's output, where the question is whether the embedding
-  itself separates the classes;
+  regression (scikit-learn) on the embeddings centred on the training fold's
+  mean and L2-normalised, pooled over the out-of-fold predictions.  The
+  features are not standardised dimension by dimension: that would let a probe
+  read any faint direction of a random network's output, where the question is
+  whether the embedding's geometry separates the classes;
 * ``probe_knn_acc``: accuracy of DINO's weighted k-NN classifier (cosine
   similarity, the ``k`` nearest training embeddings vote with weight
   ``exp(sim / T)``, T = 0.07), also out of fold.
@@ -40,15 +40,18 @@ def knn_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *,
 
 def probe_scores(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, *, n_splits: int = 4,
                  k: int = 20, seed: int = 0) -> dict[str, float]:
-    """``{"probe_linear_bacc", "probe_knn_acc"}`` out of fold over ``groups`` (module doc); {} when the labels
-    or groups are too few to split."""
+    """``{"probe_linear_bacc", "probe_knn_acc"}`` out of fold over ``groups`` (module doc); classes with
+    fewer than two groups are left out; {} when fewer than two classes remain."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.model_selection import GroupKFold
     x = np.asarray(features, dtype=np.float64)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     y = np.asarray(labels)
     groups = np.asarray(groups)
+    # a class seen in one group only cannot be scored across groups: its rows leave the probe
+    per_class = {c: len(np.unique(groups[y == c])) for c in np.unique(y)}
+    keep = np.isin(y, [c for c, n in per_class.items() if n >= 2])
+    x, y, groups = x[keep], y[keep], groups[keep]
     classes, y = np.unique(y, return_inverse=True)
     n_groups = len(np.unique(groups))
     if len(classes) < 2 or n_groups < 2:
@@ -59,9 +62,15 @@ def probe_scores(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, *
     for tr, te in GroupKFold(n_splits=splits).split(x, y, groups):
         if len(np.unique(y[tr])) < 2:
             continue
+        mean = x[tr].mean(axis=0)
+
+        def unit(a, mean=mean):
+            a = a - mean
+            return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
         clf = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
-        clf.fit(x[tr], y[tr])
-        lin[te] = clf.predict(x[te])
+        clf.fit(unit(x[tr]), y[tr])
+        lin[te] = clf.predict(unit(x[te]))
         knn[te] = knn_predict(x[tr], y[tr], x[te], k=k, n_classes=len(classes))
     done = lin >= 0
     if not done.any():

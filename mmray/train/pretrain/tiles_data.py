@@ -76,14 +76,16 @@ def sample_tiles(rows: pd.DataFrame, *, tiles_per_slide: int, seed: int, labels:
 
 
 def choose_probe_slides(patient_of: dict[str, str], labels: dict[str, str], *, n: int, seed: int) -> list[str]:
-    """Held-out slides for a probe: ``n`` slides of labelled patients, round robin over the label's classes
-    (seeded), plus every other slide of the patients chosen (the encoder never sees a probe patient)."""
-    by_class: dict[str, list[str]] = {}
+    """Held-out slides for a probe: ``n`` slides of distinct labelled patients, round robin over the label's
+    classes that have at least two patients (seeded), plus every other slide of the patients chosen (the encoder
+    never sees a probe patient)."""
+    by_class: dict[str, dict[str, str]] = {}  # class -> {patient: one of its slides}
     for sid, pid in sorted(patient_of.items()):
         if pid in labels:
-            by_class.setdefault(labels[pid], []).append(sid)
+            by_class.setdefault(labels[pid], {}).setdefault(pid, sid)
     rng = _rng(seed, "probe")
-    queues = {c: list(rng.permutation(v)) for c, v in sorted(by_class.items())}
+    # classes with one patient cannot be scored across patients; the others take turns
+    queues = {c: list(rng.permutation(sorted(v.values()))) for c, v in sorted(by_class.items()) if len(v) >= 2}
     chosen: list[str] = []
     while len(chosen) < n and any(queues.values()):
         for c in sorted(queues):

@@ -29,8 +29,9 @@ N_PATIENTS = 10
 ARGS = ["name=dino_test", "backbone=cnn_small", "wsi.target_mpp=2.0", "wsi.tile_px=64", "wsi.region_px=256",
         "data.tiles_per_slide=0", "data.cache=true", "data.read_batch_size=16", "crops.global_px=32",
         "crops.local_px=16", "dino.epochs=4", "dino.batch_size=16", "dino.out_dim=256", "dino.head_hidden_dim=64",
-        "dino.head_bottleneck_dim=32", "dino.warmup_epochs=1", "dino.lr=0.004", "dino.momentum_teacher=0.99",
-        "dino.local_crops_number=2", "dino.drop_path_rate=0.0", "probe.slides=4", "probe.tiles_per_slide=8",
+        "dino.head_bottleneck_dim=32", "dino.warmup_epochs=1", "dino.lr=0.008", "dino.momentum_teacher=0.95",
+        "dino.freeze_last_layer=0",
+        "dino.local_crops_number=2", "dino.drop_path_rate=0.0", "probe.slides=6", "probe.tiles_per_slide=8",
         "embed=true", "region.enabled=true", "region.embed_dim=24", "region.depth=1", "region.heads=3",
         "region.dino.epochs=2", "region.dino.batch_size=4", "region.dino.out_dim=64", "region.dino.head_hidden_dim=32",
         "region.dino.head_bottleneck_dim=16", "region.dino.warmup_epochs=1", "region.dino.local_crops_number=2"]
