@@ -451,6 +451,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mmray.cli_explain",
     "mmray.cli_federated",
     "mmray.cli_view",
+    "mmray.cli_pretrain",
 )
 
 

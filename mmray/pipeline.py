@@ -4,6 +4,7 @@ Stages (``stages`` picks an ordered subset)::
 
     synth       synthetic cohort          skipped when <synth.out>/truth.json has the same generator settings
     ingest      cohort -> feature groups  ingest's own resume; "skipped" when it wrote nothing new
+    pretrain    DINO slide encoder        mmray.pipeline_pretrain: train, embed with it, compare with random
     train       cross-validation          skipped when <store>/_results/<run> holds a finished run whose key
     tune        Ray Tune + refit            (config hash + the store's feature-group versions) matches
     register    tuned model -> MLflow     skipped when this tune run was registered with the same settings
@@ -37,15 +38,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import mmray
-from mmray import uri as uri_mod
+from mmray import pipeline_pretrain, uri as uri_mod
 from mmray.config import build, config_hash, to_dict
 from mmray.errors import ConfigError, MmrayError
 from mmray.registry.config import GateConfig, RegistryConfig, resolve_tracking
 from mmray.synth.job import SynthJobConfig
 
 log = logging.getLogger("mmray.pipeline")
-STAGES = ("synth", "ingest", "train", "tune", "register", "signatures", "serve", "report")
-StageName = Literal["synth", "ingest", "train", "tune", "register", "signatures", "serve", "report"]
+STAGES = ("synth", "ingest", "pretrain", "train", "tune", "register", "signatures", "serve", "report")
+StageName = Literal["synth", "ingest", "pretrain", "train", "tune", "register", "signatures", "serve", "report"]
 EXIT_OK, EXIT_FAILED, EXIT_PARTIAL = 0, 1, 3
 MARKER = "pipeline.json"  # written into a train/tune run folder once the run finished cleanly
 
@@ -91,6 +92,7 @@ class PipelineConfig:
     stages: tuple[StageName, ...] = STAGES
     synth: SynthJobConfig = field(default_factory=lambda: SynthJobConfig(out="synth_cohort"))
     ingest: dict[str, Any] = field(default_factory=dict)  # IngestConfig without cohort/store
+    pretrain: dict[str, Any] = field(default_factory=dict)  # PretrainConfig without cohort/store, plus compare
     train: dict[str, Any] = field(default_factory=dict)  # TrainJobConfig without store
     tune: dict[str, Any] = field(default_factory=dict)  # TuneJobConfig without store
     register: RegisterSection = field(default_factory=RegisterSection)
@@ -114,6 +116,7 @@ class PipelineConfig:
             from mmray.ingest.run import section_problems
 
             yield from [(f"ingest.{p}", m) for p, m in section_problems(self.ingest_config())]
+        yield from pipeline_pretrain.section_problems(self)
         yield from _section_problems("train", self.train_config)
         yield from _section_problems("tune", self.tune_config)
         yield from _section_problems("signatures", self.signatures_config)
@@ -156,7 +159,8 @@ class PipelineConfig:
     def ingest_config(self):
         from mmray.ingest.run import IngestConfig
 
-        return build(IngestConfig, {**self.ingest, "cohort": self.cohort_uri() or "", "store": self.store})
+        ingest = pipeline_pretrain.ingest_section(self)  # a finished pretrain stage's encoder, once it exists
+        return build(IngestConfig, {**ingest, "cohort": self.cohort_uri() or "", "store": self.store})
 
     def train_config(self):
         from mmray.train.config import TrainJobConfig
@@ -306,8 +310,7 @@ def _resolved_run(run: _Run, cfg, prefix: str):
 
 
 def _finished(marker: str, key: str) -> bool:
-    done = _read_json(marker)
-    return bool(done) and done.get("key") == key
+    return (_read_json(marker) or {}).get("key") == key
 
 
 def _mark(marker: str, *, stage: str, key: str, cfg, store) -> None:
@@ -493,6 +496,5 @@ def _report(run: _Run):
 
 
 _STAGES: dict[str, Callable[[_Run], tuple]] = {
-    "synth": _synth, "ingest": _ingest, "train": _train, "tune": _tune, "register": _register,
-    "signatures": _signatures, "serve": _serve, "report": _report,
-}
+    "synth": _synth, "ingest": _ingest, "pretrain": pipeline_pretrain.run_stage, "train": _train, "tune": _tune,
+    "register": _register, "signatures": _signatures, "serve": _serve, "report": _report}

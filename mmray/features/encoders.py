@@ -5,6 +5,9 @@ Built in:
 * ``resnet50_trunc``: ResNet-50 up to ``layer3`` + global average pool, 1024-d (CLAM's encoder);
 * ``resnet50``: ResNet-50 without its classifier, 2048-d;
 * ``vit_small``: ViT-S/16 (the DINO architecture, timm ``vit_small_patch16_224``), 384-d;
+* ``vit_tiny``: ViT-Ti/16 (timm ``vit_tiny_patch16_224``), 192-d;
+* ``cnn_small``: :class:`mmray.models.dino_backbones.SmallCNN`, 128-d, the CPU backbone ``mmray pretrain``
+  trains (its checkpoints load here by name);
 
 and any timm architecture name (``timm.list_models()``), with its classifier
 removed.  Weights never come from the internet: they come from a local file or
@@ -20,6 +23,7 @@ its random initialisation (``resnet50_trunc@random-seed0``).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import hashlib
@@ -32,7 +36,7 @@ from mmray.errors import ConfigError, InputError, UnknownNameError
 
 log = logging.getLogger(__name__)
 
-BUILTIN_DIMS = {"resnet50_trunc": 1024, "resnet50": 2048, "vit_small": 384}
+BUILTIN_DIMS = {"resnet50_trunc": 1024, "resnet50": 2048, "vit_small": 384, "vit_tiny": 192, "cnn_small": 128}
 _CHECKPOINT_KEYS = ("teacher", "state_dict", "model", "model_state_dict", "student")
 _PREFIXES = ("module.", "backbone.", "encoder.", "model.")
 
@@ -66,7 +70,7 @@ class EncoderConfig:
     """The ``wsi.encoder`` section: which model, its weights, and how its actor pool runs."""
 
     name: str = "resnet50_trunc"
-    weights: str | None = None  # local path or s3:// URI; none: seeded random weights (warned)
+    weights: str | None = None  # local path, s3:// URI or registered encoder name; none: seeded random (warned)
     seed: int = 0  # random initialisation seed when there are no weights
     input_px: int = 224  # tiles are resized to this on the device
     strict_weights: bool = True  # missing weights are an error (else a warning)
@@ -128,9 +132,18 @@ def read_weights(uri: str) -> bytes:
         raise ConfigError([("wsi.encoder.weights", f"cannot read weights file {uri}: {e}")]) from e
 
 
-def resolve(cfg: EncoderConfig) -> EncoderSpec:
-    """An :class:`EncoderSpec` with the weights' sha256 (the encoder identity) filled in."""
+def resolve(cfg: EncoderConfig, *, store: str | None = None) -> EncoderSpec:
+    """An :class:`EncoderSpec` with the weights' sha256 (the encoder identity) filled in.
+
+    ``cfg.weights`` may also name an encoder ``mmray pretrain`` registered in MLflow (``dino_tiles``,
+    ``dino_tiles@alias``, ``models:/dino_tiles/2``; the registry of ``store`` unless MLFLOW_TRACKING_URI
+    says otherwise): it resolves to that version's ``encoder.pt``.
+    """
     name = check_name(cfg.name)
+    if cfg.weights is not None:
+        from mmray.registry.encoders import resolve_weights
+
+        cfg = dataclasses.replace(cfg, weights=resolve_weights(cfg.weights, store=store))
     if cfg.weights is None:
         note = (f"encoder {name} has RANDOM weights (seed {cfg.seed}): embeddings are deterministic but carry "
                 f"no learned features; set wsi.encoder.weights to a state dict or checkpoint file")
@@ -176,7 +189,11 @@ def _create(name: str, input_px: int):
         model = torchvision.models.resnet50(weights=None)
         model.fc = nn.Identity()
         return model, ("fc.",)
-    arch = "vit_small_patch16_224" if name == "vit_small" else name
+    if name == "cnn_small":
+        from mmray.models.dino_backbones import SmallCNN
+
+        return SmallCNN(), ()
+    arch = {"vit_small": "vit_small_patch16_224", "vit_tiny": "vit_tiny_patch16_224"}.get(name, name)
     try:
         model = timm.create_model(arch, pretrained=False, num_classes=0, img_size=input_px)
     except TypeError:  # CNNs take any input size and no img_size argument

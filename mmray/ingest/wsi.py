@@ -166,7 +166,7 @@ def ingest_wsi(ctx) -> ModalityReport:
     report.n_items = len(slides) + len(bad)
     for f in bad:
         report.fail(**f)
-    encoder = resolve(cfg.encoder)
+    encoder = resolve(cfg.encoder, store=ctx.store.uri)
     report.notes += list(encoder.notes)
     sources: dict[str, dict] = {}
     with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) * 4)) as pool:

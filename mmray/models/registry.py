@@ -22,6 +22,7 @@ from typing import Any
 from mmray.errors import DataError, UnknownNameError
 from mmray.models.fusion import AttentionFusion, EarlyFusion, LateFusion, SingleModality
 from mmray.models.heec import HEEC
+from mmray.models.hipt import HIPT
 from mmray.models.hetero_gnn import HeteroGNN
 from mmray.models.losses import TASKS
 from mmray.models.mm_gnn import MMGNN
@@ -55,6 +56,7 @@ class ModelSpec:
     summary: str
     hparams: dict[str, HParam] = field(default_factory=dict)
     extra: tuple[str, ...] = ()  # accepted keywords that are not searched (seeds, threads)
+    bag_group: str | None = None  # MIL models reading another bag group than the job's tile_group
 
 
 _DROPOUT = HParam(0.3, "float", 0.0, 0.5)
@@ -139,6 +141,11 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in (
                "omic_dim": HParam(32, "choice", choices=(16, 32, 64)),
                "omic_layers": HParam(2, "int", 1, 3), "fusion_dim": HParam(32, "choice", choices=(16, 32, 64)),
                "dropout": HParam(0.25, "float", 0.0, 0.5)}),
+    ModelSpec("hipt", HIPT, "torch", _TORCH_TASKS, True,
+              "HIPT: 4096-px region vectors (wsi_regions_hipt) -> transformer -> gated attention pooling; slide-only",
+              {"dim": HParam(192, "choice", choices=(64, 128, 192)), "n_layers": HParam(2, "int", 1, 3),
+               "n_heads": HParam(3, "choice", choices=(1, 2, 3, 4)), "dropout": HParam(0.25, "float", 0.0, 0.5)},
+              bag_group="wsi_regions_hipt"),
     ModelSpec("hetero_gnn", HeteroGNN, "torch", _TORCH_TASKS, False,
               "patient-gene graph: genes linked by expression / alterations, GAT gene -> patient, patient readout",
               {"dim": HParam(32, "choice", choices=(16, 32, 64)), "n_layers": HParam(1, "int", 1, 3),

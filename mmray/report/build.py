@@ -38,6 +38,7 @@ from mmray.report import (coverage, inputs, performance, run_sections, signature
 from mmray.report.interpret_section import gnn_ablation_section, interpretation_section, multitask_section
 from mmray.report.paired_section import paired_section
 from mmray.report.bias import bias_sections
+from mmray.report.encoder_section import encoder_section
 from mmray.report.document import InputMissing, Section, error_note, missing_note, page
 from mmray.report.federated_section import federated_section, has_federated_run
 from mmray.report.leakage import leakage_sections
@@ -144,6 +145,7 @@ def build_sections(store: FeatureStore, *, cohort: str | None = None,
         ("results", "Cross-validated results: model x modality set", results),
         ("ablation", "Modality ablation", lambda: performance.ablation_section(need_run())),
         ("paired", "Paired comparison with the best single baseline", lambda: paired_section(need_run())),
+        ("encoders", "Slide encoders pretrained on the cohort (DINO)", lambda: encoder_section(store)),
         ("kaplan-meier", "Kaplan-Meier curves of predicted risk groups", lambda: performance.km_section(need_run())),
         ("multitask", "Multi-task heads: response and toxicity", lambda: multitask_section(need_run())),
         ("gnn-ablation", "Graph model: component ablation", lambda: gnn_ablation_section(store, need_run())),

@@ -5,7 +5,7 @@ Everything ``key=value``-overridable: ``train.workers=2``, ``folds.n_folds=3``,
 model name from :mod:`mmray.models.registry`, the modality sets it runs on
 (names from ``modality_sets``; empty = every set it can take: ``single`` the
 one-modality sets, fusion models the multi-modality sets, ``heec`` all sets,
-``porpoise`` the sets with ``tiles``, the classical survival families and
+``porpoise`` the sets with ``tiles``, ``hipt`` the set that is only ``tiles``, the classical survival families and
 ``ensemble`` all sets without tiles) and hyperparameter overrides.
 """
 
@@ -183,6 +183,8 @@ def sets_for(entry: ModelEntry, modality_sets: dict[str, tuple[str, ...]]) -> li
         has_bag = BAG in mods
         if entry.name == "porpoise":
             return has_bag and len(mods) >= 2
+        if entry.name == "hipt":  # slide-only: region bags
+            return tuple(mods) == (BAG,)
         if has_bag:
             return False
         if entry.name == "single":

@@ -124,9 +124,13 @@ def load_job_data(cfg: TrainJobConfig, store: FeatureStore, layout: ModalityLayo
     wanted = {m for mods in cfg.modality_sets.values() for m in mods}
     groups = {g for m in wanted if m != BAG for g in layout.groups.get(m, ()) if g in have}
     available = {m for m in wanted if m != BAG and any(g in have for g in layout.groups.get(m, ()))}
-    if BAG in wanted and cfg.tile_group in have:
-        groups.add(cfg.tile_group)
-        available.add(BAG)
+    if BAG in wanted:
+        from mmray.train.fold_fit import bag_group_of
+
+        bag_groups = {bag_group_of(e.name, cfg.tile_group) for e in cfg.models}
+        groups |= bag_groups & have
+        if cfg.tile_group in have or bag_groups & have:
+            available.add(BAG)
     table = training_table(store, labels, groups=sorted(groups))
     versions = {cfg.labels_group: store.latest(cfg.labels_group), **table.attrs.get("feature_versions", {})}
     table = table[table["patient_id"].astype(str).isin(set(folds["patient_id"].astype(str)))].reset_index(drop=True)

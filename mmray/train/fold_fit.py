@@ -163,9 +163,10 @@ def prepare_torch_fold(*, model: str, hparams: Mapping, task: str, modalities: S
     tiles = bag_dim = None
     bag = {k: None for k in P}
     if BAG in modalities:
-        tiles = {"store": s.store, "group": s.tile_group, "max_tiles": s.max_tiles, "seed": s.seed}
-        bag = {k: D.bag_ids_of(getattr(rows, k), s.tile_group) for k in P}
-        bag_dim = tile_dim(s.store, s.tile_group)
+        group = bag_group_of(model, s.tile_group)
+        tiles = {"store": s.store, "group": group, "max_tiles": s.max_tiles, "seed": s.seed}
+        bag = {k: D.bag_ids_of(getattr(rows, k), group) for k in P}
+        bag_dim = tile_dim(s.store, group)
     extras = fold_extras(model=model, hparams=hparams, task=task, pre=pre, prepared=P, rows=rows, store=s.store)
     spec = TorchSpec(model=model, task=task, modality_dims=pre.dims, n_out=n_out, bag_dim=bag_dim,
                      hparams={**dict(hparams), **(extras.hparams if extras else {})}, lr=s.lr, weight_decay=s.weight_decay, batch_size=s.batch_size,
@@ -216,7 +217,7 @@ def fit_fold_torch(*, model: str, hparams: Mapping, task: str, modalities: Seque
             "dims": dict(tf.pre.dims), "checkpoint": fit.checkpoint}
     attention = None
     if tf.tiles is not None and hasattr(fit.model, "forward_with_attention"):
-        attention = tile_attention(fit.model, tf.cols["test"], store=s.store, group=s.tile_group, dims=tf.pre.dims,
+        attention = tile_attention(fit.model, tf.cols["test"], store=s.store, group=tf.tiles["group"], dims=tf.pre.dims,
                                    bag_dim=tf.spec.bag_dim, fold=fold)
     out = FoldOutcome(score.metrics, preds, info, notes=score.notes, attention=attention)
     add_fold_extras(out, tf=tf, model=fit.model, fold=fold, settings=s, history=fit.history, model_name=label or model)
@@ -229,6 +230,13 @@ def _align(pred, ids: Sequence[str]) -> np.ndarray:
         return pred.output
     pos = {p: i for i, p in enumerate(pred.patient_ids)}
     return pred.output[[pos[p] for p in ids]]
+
+
+def bag_group_of(model: str, default: str) -> str:
+    """The bag group a MIL model reads: its registry spec's (``hipt``: ``wsi_regions_hipt``) or the job's."""
+    from mmray.models.registry import get_spec
+
+    return get_spec(model).bag_group or default
 
 
 def tile_dim(store: str | None, group: str) -> int:
