@@ -5,7 +5,8 @@ A :class:`Batch` holds ``B`` patients:
 ``features``  ``dict[str, Tensor[B, d_m]]`` float32, one entry per *tabular*
               modality the model was built for: ``clinical``, ``expression``,
               ``mutations_cnv`` (mutation and CNV calls concatenated),
-              ``radiomics``, ``slide`` (patient-level extremum / mean slide
+              ``radiomics``, ``ct_deep`` (3D CNN embedding of the tumour-centred
+              CT crop), ``slide`` (patient-level extremum / mean slide
               features).  A missing modality arrives as a row of zeros.
 ``mask``      ``Tensor[B, M]`` bool, ``mask[b, j]`` is True when patient ``b``
               has modality ``modalities[j]``.  Column order is
@@ -45,7 +46,7 @@ import torch
 
 from mmray.errors import DataError
 
-TABULAR_MODALITIES = ("clinical", "expression", "mutations_cnv", "radiomics", "slide")
+TABULAR_MODALITIES = ("clinical", "expression", "mutations_cnv", "radiomics", "ct_deep", "slide")
 BAG = "tiles"
 ALL_MODALITIES = TABULAR_MODALITIES + (BAG,)
 

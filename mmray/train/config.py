@@ -20,8 +20,8 @@ CLASSIC_SET = ("coxnet", "coxph_ridge", "rsf", "gbsa", "ensemble")  # classical 
 
 DEFAULT_SETS: dict[str, tuple[str, ...]] = {
     "clinical": ("clinical",), "expression": ("expression",), "mutations_cnv": ("mutations_cnv",),
-    "radiomics": ("radiomics",), "slide": ("slide",),
-    "omics": ("expression", "mutations_cnv"),
+    "radiomics": ("radiomics",), "ct_deep": ("ct_deep",), "slide": ("slide",),
+    "omics": ("expression", "mutations_cnv"), "ct": ("radiomics", "ct_deep"),
     "tabular": ("clinical", "expression", "mutations_cnv", "radiomics"),
     "all": ("clinical", "expression", "mutations_cnv", "radiomics", "slide"),
 }

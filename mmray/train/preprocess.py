@@ -3,7 +3,7 @@
 The store's point-in-time join gives one row per (patient, label time) with
 columns ``<group>__<col>`` and ``has_<group>``.  A :class:`ModalityLayout`
 maps model modalities to store groups (``mutations_cnv`` = ``mutations`` +
-``cnv``, ``slide`` = ``wsi_patient`` + ``wsi_nuclei_patient``).  :class:`Preprocessor` fits, per
+``cnv``, ``slide`` = ``wsi_patient`` + ``wsi_nuclei_patient``, ``ct_deep`` = ``ct_embedding``).  :class:`Preprocessor` fits, per
 modality and on the *training rows that have that modality only*:
 
 1. one-hot levels of any non-numeric column (bool -> 0/1);
@@ -37,16 +37,18 @@ from mmray.train.folds import split
 
 DEFAULT_GROUPS: dict[str, tuple[str, ...]] = {
     "clinical": ("clinical",), "expression": ("expression",), "mutations_cnv": ("mutations", "cnv"),
-    "radiomics": ("radiomics",), "slide": ("wsi_patient", "wsi_nuclei_patient"),  # embeddings + nuclei
+    "radiomics": ("radiomics",), "ct_deep": ("ct_embedding",),
+    "slide": ("wsi_patient", "wsi_nuclei_patient"),  # embeddings + nuclei
 }
 _META_SUFFIXES = ("__event_time", "__bag_ids")
 # Bookkeeping columns some groups carry next to their features, never model inputs: the WSI aggregates'
 # encoder, slide list and extremum locations; the radiomics rows' study/series keys, file hashes and paths,
-# software versions and acquisition geometry.  Matched against the column name after ``<group>__``.
+# software versions and acquisition geometry; the CT embedding rows' resume signature and crop mask size.
+# Matched against the column name after ``<group>__``.
 META_COLUMNS = re.compile(
     r"^(encoder_id|embedding_dim|slide_ids|.*_arg(max|min)_(x|y|slide)"
     r"|study_key|.*_series_key|source_sha256|params_hash|.*_version|segment_labels|volume_warnings|.*_path"
-    r"|n_slices|rows|columns|seg_frames|spacing_[xyz]_mm)$")
+    r"|n_slices|rows|columns|seg_frames|spacing_[xyz]_mm|signature|crop_mask_voxels)$")
 # A text column with more levels than this fraction of the training rows is an identifier, not a category.
 MAX_LEVEL_FRACTION = 0.5
 

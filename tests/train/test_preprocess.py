@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -121,3 +122,15 @@ def test_prepared_rows_feed_a_model(table, folds):
     assert batch.time_days is not None and batch.event.dtype == torch.bool
     ds = train.dataset()
     assert len(ds) == len(train.patient_ids) and ds.dims == pre.dims
+
+
+def test_ct_embedding_columns_are_the_ct_deep_modality_and_its_bookkeeping_is_not():
+    tab = pd.DataFrame({"patient_id": ["a", "b"], "has_ct_embedding": [True, False],
+                        **{f"ct_embedding__emb_{i:03d}": [0.1 * i, np.nan] for i in range(3)},
+                        **{f"ct_embedding__{c}": ["x", None] for c in ("encoder_id", "signature", "study_key",
+                                                                      "ct_series_key", "source_sha256")},
+                        "ct_embedding__crop_mask_voxels": [812, None], "radiomics__original_shape_VoxelVolume": [1.0, 2.0]})
+    L = ModalityLayout()
+    assert L.columns(tab, "ct_deep") == [f"ct_embedding__emb_{i:03d}" for i in range(3)]
+    assert L.present(tab, "ct_deep").tolist() == [True, False]
+    assert L.modalities_in(tab) == ["radiomics", "ct_deep"]
