@@ -14,7 +14,7 @@ the cohort's own crops and hands back such a file.
 
 ``ingest.ct.deep.encoder`` section (config keys as ``wsi.encoder``)::
 
-    name: resnet10        # resnet10 | resnet18 | resnet34 (MONAI, 3D)
+    name: resnet10        # resnet10 | resnet18 | resnet34 (MONAI, 3D) | cnn_small (GroupNorm CNN)
     widen_factor: 0.5     # channel width x; 0.5 -> 256-d embeddings
     weights: null         # local path or s3:// URI; null: random (warned) or the SSL weights
     seed: 0
@@ -43,6 +43,9 @@ from mmray.features.encoders import read_weights, unwrap_checkpoint
 
 log = logging.getLogger(__name__)
 DEPTHS = {"resnet10": [1, 1, 1, 1], "resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}
+# cnn_small: the pretraining stage's SmallCNN in 3D (GroupNorm, stride-2 stages; about half of resnet10's work)
+ARCHITECTURES = (*DEPTHS, "cnn_small")
+BASE_WIDTHS = (64, 128, 256, 512)  # x widen_factor
 IN_CHANNELS = 2  # image, mask
 
 
@@ -62,8 +65,8 @@ class CtEncoderConfig:
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
 
     def validate(self):
-        if self.name not in DEPTHS:
-            yield ("name", str(UnknownNameError("CT encoder", self.name, list(DEPTHS))))
+        if self.name not in ARCHITECTURES:
+            yield ("name", str(UnknownNameError("CT encoder", self.name, list(ARCHITECTURES))))
         if self.widen_factor <= 0:
             yield ("widen_factor", f"must be > 0, got {self.widen_factor}")
         for f in ("batch_size", "pool_size", "cpu_threads"):
@@ -111,20 +114,32 @@ def resolve(cfg: CtEncoderConfig, *, weights: str | None = None) -> CtEncoderSpe
     return CtEncoderSpec(**base, weights=path, weights_sha256=digest)
 
 
-def create_model(spec: CtEncoderSpec):
-    """A fresh (seeded) MONAI 3D ResNet without classifier: (N, 2, n, n, n) -> (N, dim)."""
+def create_model(spec: CtEncoderSpec | CtEncoderConfig):
+    """A fresh (seeded) 3D network without classifier: (N, 2, n, n, n) -> (N, dim).
+
+    MONAI's 3D ResNet (basic blocks, 3^3 stem at stride 1, max pool) or, for ``cnn_small``, the
+    pretraining stage's :class:`~mmray.models.dino_backbones.SmallCNN` with ``spatial_dims=3``.
+    """
     import torch
-    from monai.networks.nets import ResNet
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
-        return ResNet("basic", DEPTHS[spec.name], [64, 128, 256, 512], spatial_dims=3,
+        if spec.name == "cnn_small":
+            from mmray.models.dino_backbones import SmallCNN
+
+            widths = tuple(max(8, int(w * spec.widen_factor)) for w in BASE_WIDTHS)
+            return SmallCNN(in_chans=IN_CHANNELS, widths=widths, spatial_dims=3)
+        from monai.networks.nets import ResNet
+
+        return ResNet("basic", DEPTHS[spec.name], list(BASE_WIDTHS), spatial_dims=3,
                       n_input_channels=IN_CHANNELS, conv1_t_size=3, conv1_t_stride=1, no_max_pool=False,
                       widen_factor=spec.widen_factor, feed_forward=False)
 
 
-def embedding_dim(spec: CtEncoderSpec) -> int:
-    return int(512 * spec.widen_factor)
+def embedding_dim(spec: CtEncoderSpec | CtEncoderConfig) -> int:
+    if spec.name == "cnn_small":
+        return max(8, int(BASE_WIDTHS[-1] * spec.widen_factor))
+    return int(BASE_WIDTHS[-1] * spec.widen_factor)
 
 
 def build_model(spec: CtEncoderSpec):
@@ -167,7 +182,8 @@ class CtEncoder:
 
     ``batch``: ``image`` (N, n, n, n) float32, ``mask`` (N, n, n, n) uint8,
     plus metadata columns passed through; adds ``encoder_id`` and
-    ``embedding`` (N, dim) float32.  bf16/fp16 autocast on CUDA, fp32 on CPU.
+    ``embedding`` (N, dim) float32 (zeros for rows whose ``status`` is not ``ok``: failed or reused
+    studies travel through without pixels).  bf16/fp16 autocast on CUDA, fp32 on CPU.
     """
 
     def __init__(self, spec: CtEncoderSpec, *, device: str = "auto", precision: str = "bf16",
@@ -178,7 +194,9 @@ class CtEncoder:
         if device == "cuda" and not use_cuda:
             raise InputError("ct.deep.encoder.device is 'cuda' but this worker has no CUDA device", item="encoder")
         self.device = torch.device("cuda" if use_cuda else "cpu")
-        if not use_cuda and cpu_threads:
+        if use_cuda:
+            torch.backends.cudnn.benchmark = True  # one crop shape all run long: pick the fastest kernels once
+        elif cpu_threads:
             torch.set_num_threads(cpu_threads)
         self.model, self.notes = build_model(spec)
         self.model.to(self.device)
@@ -198,7 +216,33 @@ class CtEncoder:
             return out.float().cpu().numpy()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["image"])
+        ok = (np.asarray(batch["status"], dtype=object) == "ok") if "status" in batch else np.ones(n, bool)
+        emb = np.zeros((n, self.dim), np.float32)  # failed and skipped rows: zeros, never stored
+        if ok.any():
+            emb[ok] = self.embed(batch["image"][ok], batch["mask"][ok])
         out = {k: v for k, v in batch.items() if k not in ("image", "mask")}
-        out["embedding"] = self.embed(batch["image"], batch["mask"])
-        out["encoder_id"] = np.full(len(out["embedding"]), self.encoder_id, dtype=object)
+        out["embedding"] = emb
+        out["encoder_id"] = np.full(n, self.encoder_id, dtype=object)
         return out
+
+
+def embedding_dataset(crops, *, spec: CtEncoderSpec, cfg: CtEncoderConfig,
+                      resources: dict[str, float] | None = None):
+    """``crops`` (a Ray Dataset of :mod:`mmray.ingest.ct_source` rows) through the CT encoder actor pool.
+
+    Same pool rules as the tile encoders (:func:`mmray.features.tile_pipeline.use_gpu` / ``pool_size``): one
+    actor per GPU when the cluster has GPUs (bf16/fp16 autocast), else CPU actors on half the CPUs.
+    ``resources``: custom Ray resources per actor (e.g. ``{"ct_gpu": 0.5}``).
+    """
+    import ray.data
+
+    from mmray.features.tile_pipeline import pool_size, use_gpu
+
+    gpu = use_gpu(cfg, section="ct.deep.encoder")
+    kwargs = {"spec": spec, "device": "cuda" if gpu else "cpu", "precision": cfg.precision,
+              "cpu_threads": cfg.cpu_threads or max(1, int(round(cfg.num_cpus_per_actor)))}
+    return crops.map_batches(CtEncoder, fn_constructor_kwargs=kwargs, batch_size=cfg.batch_size,
+                             batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=pool_size(cfg, gpu=gpu)),
+                             num_gpus=cfg.num_gpus_per_actor if gpu else 0, num_cpus=cfg.num_cpus_per_actor,
+                             resources=resources or None)

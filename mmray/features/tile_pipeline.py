@@ -355,16 +355,19 @@ def pipeline_context(*, object_store_limit_mb: int | None = None, reserve_op_res
         ctx.execution_options.resource_limits, ctx.op_resource_reservation_enabled = saved
 
 
-def use_gpu(cfg: EncoderConfig) -> bool:
-    """Whether encoder actors ask Ray for GPUs (``device: auto`` and the cluster has some, or ``cuda``)."""
+def use_gpu(cfg: EncoderConfig, *, section: str = "wsi.encoder") -> bool:
+    """Whether encoder actors ask Ray for GPUs (``device: auto`` and the cluster has some, or ``cuda``).
+
+    ``cfg``: any encoder-pool config with ``device`` (the tile and the CT encoder sections alike);
+    ``section`` names it in the warning."""
     import ray
 
     if cfg.device == "cpu":
         return False
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     if cfg.device == "cuda" and not has_gpu:
-        log.warning("wsi.encoder.device is 'cuda' but the Ray cluster has no GPU now: the encoder actors wait "
-                    "until the autoscaler adds a GPU node")
+        log.warning("%s.device is 'cuda' but the Ray cluster has no GPU now: the encoder actors wait until the "
+                    "autoscaler adds a GPU node", section)
     return cfg.device == "cuda" or has_gpu
 
 

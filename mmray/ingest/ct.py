@@ -27,6 +27,7 @@ everything.
       io_tries: 4                      # tries for transient storage errors (exponential backoff)
       io_base_delay_s: 0.5
       scratch_dir: null                # local scratch for s3:// DICOM folders (default: system temp)
+      deep: {enabled: false, ...}      # deep CT features, modality ct_deep (mmray.ingest.ct_deep_config)
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import pandas as pd
 from mmray import uri as uri_mod
 from mmray.errors import StoreError
 from mmray.features.radiomics import load_params, params_hash, pyradiomics_version
+from mmray.ingest.ct_deep_config import CtDeepConfig
 from mmray.ingest.ct_study import PatientJob, StudySettings, display_item, run_patient, signature
 from mmray.ingest.nifti import NIFTI_DIR
 from mmray.ingest.report import ModalityReport
@@ -65,6 +67,7 @@ class CtConfig:
     io_tries: int = 4
     io_base_delay_s: float = 0.5
     scratch_dir: str | None = None
+    deep: CtDeepConfig = field(default_factory=CtDeepConfig)  # ct_deep: crops -> 3D encoder -> ct_embedding
 
     def validate(self):
         for name in ("slice_spacing_tolerance_mm", "seg_position_tolerance_mm"):

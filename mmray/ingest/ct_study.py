@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import logging
 import time
@@ -29,11 +30,11 @@ import pandas as pd
 
 from mmray.errors import InputError
 from mmray.features.radiomics import compute_features, pyradiomics_version
-from mmray.ingest.ct_volume import read_volume
+from mmray.ingest.ct_volume import Volume, read_volume
 from mmray.ingest.dicom_discovery import Instance, StudyPair, local_folder, scan_folder
 from mmray.ingest.phi import Redactor
 from mmray.ingest.pseudonym import is_pseudonymised, source_label
-from mmray.ingest.seg import read_seg_mask
+from mmray.ingest.seg import SegMask, read_seg_mask
 from mmray.store.keys import UNDATED
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,20 @@ def _quiet_readers() -> None:
 
 def run_patient(job: PatientJob, settings: StudySettings, *, patient_key: Callable[[str], str],
                 store_fs=None, store_root: str | None = None) -> dict:
-    """Process one patient; returns a result dict (status ok / skipped / failed), never raises."""
+    """Process one patient into a radiomics row; returns a result dict (status ok / skipped / failed), never raises."""
+    return run_study(job, settings, patient_key=patient_key,
+                     process=functools.partial(_process, store_fs=store_fs, store_root=store_root))
+
+
+def run_study(job: PatientJob, settings: StudySettings, *, patient_key: Callable[[str], str],
+              process: Callable[..., None]) -> dict:
+    """Run ``process(job, settings, result, key=, patient_key=, redactor=)`` on one patient's study, never raising.
+
+    The shared frame of every per-study CT path (radiomics rows, deep-feature crops): ``process`` fills
+    ``result`` (``row``, ``status``, ``signature``, ``notes``, ``timings``); an :class:`InputError` or any
+    other exception becomes ``result["failure"]`` with its reason, and every text that leaves (reasons,
+    notes) is scrubbed of the PHI values and, when pseudonymised, the file and folder names read here.
+    """
     start = time.perf_counter()
     key = patient_key(job.patient_id)
     redactor = Redactor(label=(lambda uid: uid_key(uid, patient_key)) if is_pseudonymised(patient_key) else None)
@@ -122,8 +136,7 @@ def run_patient(job: PatientJob, settings: StudySettings, *, patient_key: Callab
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            _process(job, settings, result, key=key, patient_key=patient_key, redactor=redactor,
-                     store_fs=store_fs, store_root=store_root)
+            process(job, settings, result, key=key, patient_key=patient_key, redactor=redactor)
         reader_warnings = sorted({str(w.message) for w in caught if not issubclass(w.category, _NOT_INPUT_WARNINGS)})
         if reader_warnings:
             result["notes"].append(f"{len(reader_warnings)} DICOM reader warning(s), e.g. {reader_warnings[0]}")
@@ -141,8 +154,25 @@ def run_patient(job: PatientJob, settings: StudySettings, *, patient_key: Callab
     return result
 
 
-def _process(job: PatientJob, settings: StudySettings, result: dict, *, key: str, patient_key, redactor: Redactor,
-             store_fs, store_root) -> None:
+@dataclass(eq=False)
+class OpenedStudy:
+    """One patient's chosen CT+SEG study: keys, content hash, and (unless it was reusable) volume and mask."""
+
+    pair: StudyPair
+    keys: dict[str, str]  # study_key, ct_series_key, seg_series_key (keyed hashes of the UIDs)
+    source_sha256: str
+    volume: Volume | None = None
+    seg: SegMask | None = None
+
+
+def open_study(job: PatientJob, settings: StudySettings, result: dict, *, patient_key, redactor: Redactor,
+               signature_of: Callable[[dict[str, str], str], str]) -> OpenedStudy:
+    """Discover the patient's series, pick the latest CT+SEG pair, hash its files; read volume and mask.
+
+    ``signature_of(keys, source_sha256)`` names what a stored row of this study would be reusable for;
+    when ``job.reusable`` holds it, ``result["status"]`` becomes ``skipped`` and no pixels are read
+    (the returned study has no volume).  Sets ``result["signature"]``, notes and ``read_s`` / ``seg_s``.
+    """
     timings = result["timings"]
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -168,23 +198,39 @@ def _process(job: PatientJob, settings: StudySettings, result: dict, *, key: str
         keys = {"study_key": uid_key(pair.study_uid, patient_key),
                 "ct_series_key": uid_key(pair.ct.series_uid, patient_key),
                 "seg_series_key": uid_key(pair.seg.series_uid, patient_key)}
-        source_sha = _files_sha256([*pair.ct.instances, pair.seg_instance])
-        sig = signature(study_key=keys["study_key"], ct_key=keys["ct_series_key"], seg_key=keys["seg_series_key"],
-                        source_sha256=source_sha, params_hash=settings.params_hash, version=pyradiomics_version())
-        result["signature"] = sig
-        if sig in job.reusable:
+        study = OpenedStudy(pair=pair, keys=keys, source_sha256=_files_sha256([*pair.ct.instances,
+                                                                              pair.seg_instance]))
+        result["signature"] = signature_of(keys, study.source_sha256)
+        if result["signature"] in job.reusable:
             result["status"] = "skipped"
             timings["read_s"] = time.perf_counter() - t0
-            return
-        volume = read_volume([(i.name, i.ds) for i in pair.ct.instances], hu_dtype=settings.hu_dtype,
-                             spacing_tolerance_mm=settings.slice_spacing_tolerance_mm)
+            return study
+        study.volume = read_volume([(i.name, i.ds) for i in pair.ct.instances], hu_dtype=settings.hu_dtype,
+                                   spacing_tolerance_mm=settings.slice_spacing_tolerance_mm)
         timings["read_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        seg = read_seg_mask(pair.seg_instance.path, volume, name=pair.seg_instance.name, dataset=pair.seg_instance.ds,
-                            labels=settings.segment_labels, tolerance_mm=settings.seg_position_tolerance_mm,
-                            frame_of_reference_uid=pair.ct.attr("FrameOfReferenceUID") or None)
+        study.seg = read_seg_mask(pair.seg_instance.path, study.volume, name=pair.seg_instance.name,
+                                  dataset=pair.seg_instance.ds, labels=settings.segment_labels,
+                                  tolerance_mm=settings.seg_position_tolerance_mm,
+                                  frame_of_reference_uid=pair.ct.attr("FrameOfReferenceUID") or None)
         timings["seg_s"] = time.perf_counter() - t1
-    result["notes"] += list(volume.warnings)
+    result["notes"] += list(study.volume.warnings)
+    return study
+
+
+def _process(job: PatientJob, settings: StudySettings, result: dict, *, key: str, patient_key, redactor: Redactor,
+             store_fs, store_root) -> None:
+    timings = result["timings"]
+
+    def signature_of(keys: dict[str, str], source_sha: str) -> str:
+        return signature(study_key=keys["study_key"], ct_key=keys["ct_series_key"], seg_key=keys["seg_series_key"],
+                         source_sha256=source_sha, params_hash=settings.params_hash, version=pyradiomics_version())
+
+    study = open_study(job, settings, result, patient_key=patient_key, redactor=redactor, signature_of=signature_of)
+    if result["status"] == "skipped":
+        return
+    pair, keys, volume, seg = study.pair, study.keys, study.volume, study.seg
+    source_sha = study.source_sha256
     features, timings["pyradiomics_s"] = compute_features(
         volume.hu, seg.mask, spacing_mm_zyx=volume.spacing_mm_zyx, origin_mm=volume.origin_mm,
         direction=volume.direction, params=settings.params, threads=settings.sitk_threads)

@@ -40,12 +40,17 @@ INGESTERS: dict[str, str] = {
     "knowledge": "mmray.ingest.knowledge:ingest_knowledge",
     "wsi": "mmray.ingest.wsi:ingest_wsi",
     "ct": "mmray.ingest.ct:ingest_ct",
+    "ct_deep": "mmray.ingest.ct_deep:ingest_ct_deep",
 }
 # Modalities whose ingesters use Ray (tasks, actor pools); the table ingesters run in-process.
-RAY_MODALITIES = ("wsi", "ct")
+RAY_MODALITIES = ("wsi", "ct", "ct_deep")
 # Which section of the ingest YAML configures each modality.
 CONFIG_SECTION = {"clinical": "tables", "expression": "tables", "mutations": "tables", "cnv": "tables",
-                  "proteins": "tables", "knowledge": "tables", "wsi": "wsi", "ct": "ct"}
+                  "proteins": "tables", "knowledge": "tables", "wsi": "wsi", "ct": "ct", "ct_deep": "ct"}
+# Ingesters that read another modality's manifest rows (ct_deep: the ct studies).
+SOURCE_MODALITY = {"ct_deep": "ct"}
+# Ingesters that run with `modalities: []` (every modality) only when their config says `enabled`.
+OPT_IN = {"ct_deep": lambda config: config.deep.enabled}
 
 
 @dataclass(frozen=True)
@@ -96,20 +101,27 @@ def _resolve(modality: str) -> tuple[Callable[[IngestContext], ModalityReport], 
 def plan(cfg: IngestConfig, cohort: Cohort) -> list[tuple[str, Callable, Any]]:
     """Resolve and validate every requested modality's config before anything runs."""
     present = cohort.modalities()
-    wanted = list(cfg.modalities) or [m for m in INGESTERS if m in present]
+    explicit = bool(cfg.modalities)
+    wanted = list(cfg.modalities) or [m for m in INGESTERS if SOURCE_MODALITY.get(m, m) in present]
     problems: list[tuple[str, str]] = []
-    steps = []
+    steps, bad_sections = [], set()
     for m in wanted:
-        if m not in present:
-            problems.append(("modalities", f"{m!r} requested but the cohort has no {m} data "
+        source = SOURCE_MODALITY.get(m, m)
+        if source not in present:
+            problems.append(("modalities", f"{m!r} requested but the cohort has no {source} data "
                                            f"(it has: {', '.join(present) or 'nothing'})"))
             continue
         fn, config_cls = _resolve(m)
         section = CONFIG_SECTION[m]
         try:
-            steps.append((m, fn, build(config_cls, getattr(cfg, section))))
+            config = build(config_cls, getattr(cfg, section))
         except ConfigError as e:
-            problems += [(f"{section}.{p}" if p else section, msg) for p, msg in e.problems]
+            if section not in bad_sections:  # a section two modalities share (ct, ct_deep) is reported once
+                problems += [(f"{section}.{p}" if p else section, msg) for p, msg in e.problems]
+            bad_sections.add(section)
+            continue
+        if explicit or m not in OPT_IN or OPT_IN[m](config):
+            steps.append((m, fn, config))
     if problems:
         raise ConfigError(problems)
     return steps

@@ -6,7 +6,8 @@ A :class:`Batch` holds ``B`` patients:
               modality the model was built for: ``clinical``, ``expression``,
               ``mutations_cnv`` (mutation and CNV calls concatenated),
               ``proteins`` (RPPA-style protein levels),
-              ``radiomics``, ``slide`` (patient-level extremum / mean slide
+              ``radiomics``, ``ct_deep`` (3D CNN embedding of the tumour-centred
+              CT crop), ``slide`` (patient-level extremum / mean slide
               features).  A missing modality arrives as a row of zeros.
 ``mask``      ``Tensor[B, M]`` bool, ``mask[b, j]`` is True when patient ``b``
               has modality ``modalities[j]``.  Column order is
@@ -48,7 +49,7 @@ import torch
 
 from mmray.errors import DataError
 
-TABULAR_MODALITIES = ("clinical", "expression", "mutations_cnv", "proteins", "radiomics", "slide")
+TABULAR_MODALITIES = ("clinical", "expression", "mutations_cnv", "proteins", "radiomics", "ct_deep", "slide")
 BAG = "tiles"
 ALL_MODALITIES = TABULAR_MODALITIES + (BAG,)
 

@@ -47,8 +47,8 @@ from mmray.models.lgbm_cox import cindex_eval, cox_objective, encode_label
 HEEC_TASKS = ("survival_cox", "subtype")
 GENOMIC_PREFIXES = ("expression__", "mutations__", "cnv__")
 # Wide groups screened one by one on the training rows (each keeps at most ``max_per_group``): tile and
-# region extremum features, nucleus morphometry/graph aggregates, radiomics.
-SCREENED_GROUPS = ("wsi_patient__", "wsi_nuclei_patient__", "radiomics__")
+# region extremum features, nucleus morphometry/graph aggregates, radiomics, CT crop embeddings.
+SCREENED_GROUPS = ("wsi_patient__", "wsi_nuclei_patient__", "radiomics__", "ct_embedding__")
 _SKIP_SUFFIXES = ("__event_time", "__bag_ids")
 
 

@@ -15,8 +15,9 @@ from mmray.store import FeatureStore
 # report modality -> (store group, failure stage of its ingest: mmray.ingest.run records "ingest-<modality>")
 MODALITY_GROUPS = {"clinical": ("clinical", "ingest-clinical"), "expression": ("expression", "ingest-expression"),
                    "mutations": ("mutations", "ingest-mutations"), "cnv": ("cnv", "ingest-cnv"),
-                   "CT radiomics": ("radiomics", "ingest-ct"), "slides (WSI)": ("wsi_patient", "ingest-wsi")}
-MANIFEST_MODALITY = {"CT radiomics": "ct", "slides (WSI)": "wsi"}
+                   "CT radiomics": ("radiomics", "ingest-ct"), "CT deep features": ("ct_embedding", "ingest-ct_deep"),
+                   "slides (WSI)": ("wsi_patient", "ingest-wsi")}
+MANIFEST_MODALITY = {"CT radiomics": "ct", "CT deep features": "ct", "slides (WSI)": "wsi"}
 
 
 def patients_by_modality(store: FeatureStore) -> dict[str, set[str]]:

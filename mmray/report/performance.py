@@ -114,7 +114,30 @@ def ablation_section(run: TrainRun) -> list[str]:
              f"folds; grey: single modality, blue: fusion, green: fusion that beats the best single modality "
              f"(dashed line).</figcaption></figure>")
     return [para(text), chart,
-            render.table(t.to_dict("records"), cols, mark=lambda r: bool(r.get("beats_best_single")))]
+            render.table(t.to_dict("records"), cols, mark=lambda r: bool(r.get("beats_best_single"))),
+            *ct_section(t)]
+
+
+def ct_section(table) -> list[str]:
+    """Radiomics vs the deep CT embedding (ct_deep) vs both, when the run trained on those sets."""
+    from mmray.train.ablation import ct_comparison
+
+    ct = ct_comparison(table)
+    if ct.empty:
+        return []
+    lines = []
+    for task, g in ct.groupby("task", sort=False):
+        best = {f: g.loc[g["features"] == f, "mean"].max() for f in ("radiomics", "ct_deep", "radiomics + ct_deep")}
+        parts = [f"{html.escape(f)} <b>{v:.3f}</b>" for f, v in best.items() if np.isfinite(v)]
+        lines.append(f"{html.escape(task)}: best {g['metric'].iloc[0]} of " + ", ".join(parts) + ".")
+    cols = [("task", "task"), ("features", "CT features"), ("model", "model"), ("modality_set", "modality set"),
+            ("metric", "metric"), ("mean", "mean"), ("sd", "sd"), ("ci_low", "CI low"), ("ci_high", "CI high"),
+            ("delta_vs_radiomics", "vs best radiomics")]
+    return ["<h3>CT: radiomics vs deep features (ct_deep) vs both</h3>",
+            para("Hand-crafted pyradiomics features of the tumour mask against the 3D CNN embedding of the "
+                 "tumour-centred crop (ct_embedding), and both together, on the same folds. " + " ".join(lines)),
+            render.table(ct.to_dict("records"), cols,
+                         mark=lambda r: r["features"] != "radiomics" and r["delta_vs_radiomics"] >= 0)]
 
 
 def fold_ranked_risk(pred: pd.DataFrame) -> np.ndarray:

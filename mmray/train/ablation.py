@@ -87,3 +87,32 @@ def ablation_png(table: pd.DataFrame, *, title: str = "Modality ablation") -> by
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
+
+
+# The CT comparison: hand-crafted radiomics against the learned crop embedding against both together.
+CT_VARIANTS = {frozenset({"radiomics"}): "radiomics", frozenset({"ct_deep"}): "ct_deep",
+               frozenset({"radiomics", "ct_deep"}): "radiomics + ct_deep"}
+CT_COLUMNS = ["task", "features", "model", "modality_set", "metric", "mean", "sd", "ci_low", "ci_high", "n_folds_ok",
+              "delta_vs_radiomics"]
+
+
+def ct_comparison(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows of an :func:`ablation_table` on exactly radiomics, ct_deep, or both, per task, best first within each.
+
+    ``delta_vs_radiomics``: the row's mean minus the best radiomics-only mean of its task (NaN without one).
+    """
+    if table.empty:
+        return pd.DataFrame(columns=CT_COLUMNS)
+    variant = table["modalities"].astype(str).map(lambda s: CT_VARIANTS.get(frozenset(s.split(","))))
+    t = table[variant.notna()].assign(features=variant[variant.notna()])
+    rows = []
+    for task, g in t.groupby("task", sort=False):
+        rad = g.loc[g["features"] == "radiomics", "mean"]
+        base = float(rad.max()) if len(rad) else np.nan
+        for _, r in g.iterrows():
+            rows.append({**{c: r[c] for c in CT_COLUMNS if c in r.index}, "delta_vs_radiomics": r["mean"] - base})
+    out = pd.DataFrame(rows, columns=CT_COLUMNS)
+    order = {v: i for i, v in enumerate(CT_VARIANTS.values())}
+    return (out.assign(_v=out["features"].map(order)).sort_values(["task", "_v", "mean"], ascending=[True, True, False],
+                                                                     kind="stable")
+               .drop(columns="_v").reset_index(drop=True))

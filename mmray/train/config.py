@@ -20,8 +20,8 @@ CLASSIC_SET = ("coxnet", "coxph_ridge", "rsf", "gbsa", "ensemble")  # classical 
 
 DEFAULT_SETS: dict[str, tuple[str, ...]] = {
     "clinical": ("clinical",), "expression": ("expression",), "mutations_cnv": ("mutations_cnv",),
-    "radiomics": ("radiomics",), "slide": ("slide",), "proteins": ("proteins",),
-    "omics": ("expression", "mutations_cnv"),
+    "radiomics": ("radiomics",), "ct_deep": ("ct_deep",), "slide": ("slide",), "proteins": ("proteins",),
+    "omics": ("expression", "mutations_cnv"), "ct": ("radiomics", "ct_deep"),
     "tabular": ("clinical", "expression", "mutations_cnv", "radiomics"),
     "all": ("clinical", "expression", "mutations_cnv", "radiomics", "slide"),
 }
@@ -84,9 +84,10 @@ class PreprocessConfig:
 
     ``top_k_var``: keep the k most variable columns (label-free);
     ``screen``: univariate label screening (Cox score test / ANOVA) on the
-    training rows, ``{max_p, top_k}``.  Defaults suit cohorts of 100-1000
-    patients with thousands of genes: a network sees tens of genes, not
-    thousands, per modality.
+    training rows, ``{max_p, top_k}``; ``pca``: k whitened principal components
+    (label-free), for learned embeddings such as ``ct_deep``.  Defaults suit
+    cohorts of 100-1000 patients with thousands of genes: a network sees tens
+    of genes, not thousands, per modality.
     """
 
     top_k_var: dict[str, int] = field(default_factory=lambda: {"expression": 2000, "mutations_cnv": 1000,
@@ -94,6 +95,12 @@ class PreprocessConfig:
     screen: dict[str, dict[str, float]] = field(default_factory=lambda: {
         "expression": {"max_p": 0.05, "top_k": 32}, "mutations_cnv": {"max_p": 0.05, "top_k": 16},
         "slide": {"max_p": 0.05, "top_k": 32}})
+    pca: dict[str, int] = field(default_factory=lambda: {"ct_deep": 8})
+
+    def validate(self):
+        for m, k in self.pca.items():
+            if k < 1:
+                yield (f"pca.{m}", f"must be at least 1 component, got {k}")
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,8 @@ def settings_of(cfg: TrainJobConfig) -> FoldSettings:
                         batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, val_fraction=t.val_fraction,
                         grad_clip=t.grad_clip, ties=t.ties, n_bins=t.n_bins, class_weights=t.class_weights,
                         fail_at_epoch=t.fail_at_epoch, lgbm_executor=cfg.lgbm.executor, lgbm_workers=cfg.lgbm.workers,
-                        top_k_var=dict(cfg.preprocess.top_k_var), screen=dict(cfg.preprocess.screen), seed=cfg.seed,
+                        top_k_var=dict(cfg.preprocess.top_k_var), screen=dict(cfg.preprocess.screen),
+                        pca=dict(cfg.preprocess.pca), seed=cfg.seed,
                         tile_group=cfg.tile_group, store=cfg.store, max_tiles=cfg.max_tiles,
                         interpret=to_dict(cfg.interpret))
 

@@ -89,7 +89,7 @@ class StackedEnsemble:
                  method: str = "stack", meta_alpha: float = 1.0, inner_folds: int = 3,
                  member_hparams: Mapping[str, Mapping] | None = None, seed: int = 0,
                  top_k_var: Mapping[str, int] | None = None, screen: Mapping[str, Mapping] | None = None,
-                 layout: ModalityLayout | None = None):
+                 layout: ModalityLayout | None = None, pca: Mapping[str, int] | None = None):
         if method not in METHODS:
             raise DataError(f"ensemble method {method!r}: valid {list(METHODS)}")
         if inner_folds < 2:
@@ -100,11 +100,13 @@ class StackedEnsemble:
         self.method, self.meta_alpha, self.inner_folds, self.seed = method, float(meta_alpha), int(inner_folds), seed
         self.member_hparams = {k: dict(v) for k, v in (member_hparams or {}).items()}
         self.top_k_var, self.screen, self.layout = dict(top_k_var or {}), dict(screen or {}), layout
+        self.pca = dict(pca or {})
 
     def _pipeline(self, j: int, seed: int) -> ClassicPipeline:
         family, mods = self.parsed[j]
         return ClassicPipeline(family, modalities=mods, hparams=self.member_hparams.get(family, {}),
-                               top_k_var=self.top_k_var, screen=self.screen, seed=seed, layout=self.layout)
+                               top_k_var=self.top_k_var, screen=self.screen, seed=seed, layout=self.layout,
+                               pca=getattr(self, "pca", None))
 
     def _fit_members(self, rows: pd.DataFrame, seed: int) -> list[_Member]:
         return [_Member(self._pipeline(j, seed), rows) for j in range(len(self.parsed))]
@@ -174,7 +176,7 @@ def fit_fold_ensemble(*, hparams: Mapping, task: str, modalities: Sequence[str],
         raise DataError(f"ensemble is a survival model (task survival_cox), not {task!r}")
     hp = {"seed": settings.seed + 1000 * fold, **dict(hparams)}
     ens = StackedEnsemble(modalities=modalities, top_k_var=settings.top_k_var, screen=settings.screen, layout=layout,
-                          **hp).fit(rows.train)
+                          pca=settings.pca, **hp).fit(rows.train)
     out = score_fitted(ens, rows, fold)
     out.info["n_members"] = len(ens.members)
     out.notes.append("weights " + ", ".join(f"{k}={v:.2f}" for k, v in ens.weights.items()))

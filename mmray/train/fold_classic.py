@@ -39,7 +39,7 @@ class ClassicPipeline:
 
     def __init__(self, family: str, *, modalities: Sequence[str], hparams: Mapping | None = None,
                  top_k_var: Mapping[str, int] | None = None, screen: Mapping[str, Mapping] | None = None,
-                 seed: int = 0, layout: ModalityLayout | None = None):
+                 seed: int = 0, layout: ModalityLayout | None = None, pca: Mapping[str, int] | None = None):
         from mmray.models.registry import get_spec
 
         spec = get_spec(family)
@@ -54,13 +54,14 @@ class ClassicPipeline:
         self.pre = Preprocessor(layout, task="survival_cox", modalities=self.modalities,
                                 top_k_var={m: k for m, k in (top_k_var or {}).items() if m in self.modalities},
                                 screen={m: _screen_kwargs(v) for m, v in (screen or {}).items()
-                                        if m in self.modalities})
+                                        if m in self.modalities},
+                                pca={m: k for m, k in (pca or {}).items() if m in self.modalities})
 
     @classmethod
     def from_settings(cls, family: str, *, modalities, hparams, settings: FoldSettings, seed: int,
                       layout: ModalityLayout | None = None) -> ClassicPipeline:
         return cls(family, modalities=modalities, hparams=hparams, top_k_var=settings.top_k_var,
-                   screen=settings.screen, seed=seed, layout=layout)
+                   screen=settings.screen, seed=seed, layout=layout, pca=getattr(settings, "pca", None))
 
     def matrix(self, rows: pd.DataFrame) -> np.ndarray:
         """``[n, sum d_m + M]``: scaled features of every modality (zeros where absent) and presence flags."""

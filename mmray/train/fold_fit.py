@@ -57,6 +57,7 @@ class FoldSettings:
     lgbm_workers: int = 2
     top_k_var: Mapping[str, int] = field(default_factory=dict)
     screen: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    pca: Mapping[str, int] = field(default_factory=dict)
     seed: int = 0
     tile_group: str = D.TILE_GROUP
     store: str | None = None
@@ -149,7 +150,7 @@ def prepare_torch_fold(*, model: str, hparams: Mapping, task: str, modalities: S
     tab = [m for m in modalities if m != BAG]
     pre = Preprocessor(layout, task=task, modalities=tab, top_k_var={m: k for m, k in s.top_k_var.items() if m in tab},
                        screen={m: _screen_kwargs(v) for m, v in s.screen.items() if m in tab},
-                       subtype_classes=classes)
+                       subtype_classes=classes, pca={m: k for m, k in s.pca.items() if m in tab})
     pre.fit(rows.fit)
     P = {k: pre.transform(getattr(rows, k)) for k in ("fit", "val", "test", "train")}
     n_out, bins, cw = 1, None, None

@@ -3,7 +3,7 @@
 The store's point-in-time join gives one row per (patient, label time) with
 columns ``<group>__<col>`` and ``has_<group>``.  A :class:`ModalityLayout`
 maps model modalities to store groups (``mutations_cnv`` = ``mutations`` +
-``cnv``, ``slide`` = ``wsi_patient`` + ``wsi_nuclei_patient``).  :class:`Preprocessor` fits, per
+``cnv``, ``slide`` = ``wsi_patient`` + ``wsi_nuclei_patient``, ``ct_deep`` = ``ct_embedding``).  :class:`Preprocessor` fits, per
 modality and on the *training rows that have that modality only*:
 
 1. one-hot levels of any non-numeric column (bool -> 0/1);
@@ -13,7 +13,11 @@ modality and on the *training rows that have that modality only*:
 4. optional label screening (:class:`mmray.features.selection.CorrelationFilter`,
    Cox score test for survival, ANOVA for subtype) -- the only label-dependent
    step, and it sees training labels only;
-5. standard scaling (:class:`mmray.features.selection.StandardScalerByGene`).
+5. standard scaling (:class:`mmray.features.selection.StandardScalerByGene`);
+6. optional PCA to ``k`` whitened components (scikit-learn), label-free: a
+   learned embedding (``ct_deep``: 256 correlated dimensions for ~100 patients)
+   is summarised by its main directions of variation instead of being fed
+   whole to a network that would fit its noise.
 
 Rows without a modality are never used for fitting, come out as zeros, and
 are masked.  :func:`prepare_fold` does the whole thing for one fold of a
@@ -37,17 +41,18 @@ from mmray.train.folds import split
 
 DEFAULT_GROUPS: dict[str, tuple[str, ...]] = {
     "clinical": ("clinical",), "expression": ("expression",), "mutations_cnv": ("mutations", "cnv"),
-    "proteins": ("proteins",), "radiomics": ("radiomics",),
+    "proteins": ("proteins",), "radiomics": ("radiomics",), "ct_deep": ("ct_embedding",),
     "slide": ("wsi_patient", "wsi_nuclei_patient"),  # embeddings + nuclei
 }
 _META_SUFFIXES = ("__event_time", "__bag_ids")
 # Bookkeeping columns some groups carry next to their features, never model inputs: the WSI aggregates'
 # encoder, slide list and extremum locations; the radiomics rows' study/series keys, file hashes and paths,
-# software versions and acquisition geometry.  Matched against the column name after ``<group>__``.
+# software versions and acquisition geometry; the CT embedding rows' resume signature and crop mask size.
+# Matched against the column name after ``<group>__``.
 META_COLUMNS = re.compile(
     r"^(encoder_id|embedding_dim|slide_ids|.*_arg(max|min)_(x|y|slide)"
     r"|study_key|.*_series_key|source_sha256|params_hash|.*_version|segment_labels|volume_warnings|.*_path"
-    r"|n_slices|rows|columns|seg_frames|spacing_[xyz]_mm)$")
+    r"|n_slices|rows|columns|seg_frames|spacing_[xyz]_mm|signature|crop_mask_voxels)$")
 # A text column with more levels than this fraction of the training rows is an identifier, not a category.
 MAX_LEVEL_FRACTION = 0.5
 
@@ -87,8 +92,9 @@ class ModalityLayout:
 class _Block:
     """One modality's fitted transform chain (see module doc)."""
 
-    def __init__(self, columns: list[str], *, top_k_var: int | None, screen: dict | None, task: str):
-        self.columns, self.top_k_var, self.screen, self.task = columns, top_k_var, screen, task
+    def __init__(self, columns: list[str], *, top_k_var: int | None, screen: dict | None, task: str,
+                 pca: int | None = None):
+        self.columns, self.top_k_var, self.screen, self.task, self.pca = columns, top_k_var, screen, task, pca
 
     def _encode(self, frame: pd.DataFrame, *, fitting: bool) -> pd.DataFrame:
         if fitting:
@@ -133,6 +139,14 @@ class _Block:
             X = self.filter_.transform(X)
         self.scaler_ = StandardScalerByGene().fit(X)
         self.feature_names_ = list(X.columns)
+        self.pca_ = None
+        if self.pca:
+            from sklearn.decomposition import PCA
+
+            k = max(1, min(int(self.pca), X.shape[1], len(X) - 1))
+            self.pca_ = PCA(n_components=k, whiten=True, random_state=0).fit(
+                np.nan_to_num(np.asarray(self.scaler_.transform(X), dtype=float)))
+            self.feature_names_ = [f"pc{i + 1}" for i in range(k)]
         return self
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
@@ -140,7 +154,10 @@ class _Block:
         for step in (self.var_, self.filter_):
             if step is not None:
                 X = step.transform(X)
-        return np.asarray(self.scaler_.transform(X), dtype=np.float32)
+        X = np.asarray(self.scaler_.transform(X), dtype=float)
+        if getattr(self, "pca_", None) is not None:  # (blocks pickled before PCA existed have no pca_)
+            X = self.pca_.transform(np.nan_to_num(X))
+        return X.astype(np.float32)
 
     def state(self) -> dict:
         s = {"levels": self.levels_, "median": self.imputer_.statistics_, "mean": self.scaler_.mean_,
@@ -149,6 +166,8 @@ class _Block:
             s["var_support"] = self.var_.support_indices_
         if self.filter_ is not None:
             s["filter_support"], s["filter_p"] = self.filter_.support_indices_, self.filter_.p_values_
+        if getattr(self, "pca_", None) is not None:
+            s["pca_components"], s["pca_mean"] = self.pca_.components_, self.pca_.mean_
         return s
 
 
@@ -181,18 +200,19 @@ class Prepared:
 class Preprocessor:
     """Per-modality fold-fitted transforms; ``fit`` on training rows, ``transform`` any rows.
 
-    ``top_k_var`` and ``screen`` map modality -> setting (``screen`` takes
-    :class:`CorrelationFilter` keywords, e.g. ``{"max_p": 0.05, "top_k": 200}``).
+    ``top_k_var``, ``screen`` and ``pca`` map modality -> setting (``screen`` takes
+    :class:`CorrelationFilter` keywords, e.g. ``{"max_p": 0.05, "top_k": 200}``; ``pca`` a number of components).
     ``subtype_classes`` fixes the class order (default: sorted training labels).
     """
 
     def __init__(self, layout: ModalityLayout | None = None, *, task: str, modalities: Sequence[str] | None = None,
                  top_k_var: Mapping[str, int] | None = None, screen: Mapping[str, dict] | None = None,
-                 subtype_classes: Sequence[str] | None = None):
+                 subtype_classes: Sequence[str] | None = None, pca: Mapping[str, int] | None = None):
         self.layout = layout or ModalityLayout()
         self.task, self.modalities = task, tuple(modalities) if modalities else None
         self.top_k_var = {"expression": 1000} if top_k_var is None else dict(top_k_var)
         self.screen = dict(screen or {})
+        self.pca = dict(pca or {})
         self.subtype_classes = tuple(subtype_classes) if subtype_classes else None
 
     def _labels(self, table: pd.DataFrame, *, fitting: bool):
@@ -235,7 +255,8 @@ class Preprocessor:
             if not rows.any():
                 raise DataError(f"modality {m!r}: no training row has it; leave it out of modalities")
             target = sub[rows] if self.task == "subtype" else (time[rows], event[rows])
-            block = _Block(cols, top_k_var=self.top_k_var.get(m), screen=self.screen.get(m), task=self.task)
+            block = _Block(cols, top_k_var=self.top_k_var.get(m), screen=self.screen.get(m), task=self.task,
+                           pca=getattr(self, "pca", {}).get(m))
             self.blocks_[m] = block.fit(train.loc[rows], target)
         self.modalities_ = tuple(mods)
         return self

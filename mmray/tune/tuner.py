@@ -228,6 +228,7 @@ def fit_classic_best(model: str, hp: dict, *, modalities, rows: pd.DataFrame, se
 
     if model == "ensemble":
         return StackedEnsemble(modalities=modalities, top_k_var=settings.top_k_var, screen=settings.screen,
+                               pca=settings.pca,
                                **{"seed": settings.seed, **hp}).fit(rows)
     return ClassicPipeline.from_settings(model, modalities=modalities, hparams=hp, settings=settings,
                                          seed=settings.seed).fit(rows)

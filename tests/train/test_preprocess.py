@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -121,3 +122,34 @@ def test_prepared_rows_feed_a_model(table, folds):
     assert batch.time_days is not None and batch.event.dtype == torch.bool
     ds = train.dataset()
     assert len(ds) == len(train.patient_ids) and ds.dims == pre.dims
+
+
+def test_ct_embedding_columns_are_the_ct_deep_modality_and_its_bookkeeping_is_not():
+    tab = pd.DataFrame({"patient_id": ["a", "b"], "has_ct_embedding": [True, False],
+                        **{f"ct_embedding__emb_{i:03d}": [0.1 * i, np.nan] for i in range(3)},
+                        **{f"ct_embedding__{c}": ["x", None] for c in ("encoder_id", "signature", "study_key",
+                                                                      "ct_series_key", "source_sha256")},
+                        "ct_embedding__crop_mask_voxels": [812, None], "radiomics__original_shape_VoxelVolume": [1.0, 2.0]})
+    L = ModalityLayout()
+    assert L.columns(tab, "ct_deep") == [f"ct_embedding__emb_{i:03d}" for i in range(3)]
+    assert L.present(tab, "ct_deep").tolist() == [True, False]
+    assert L.modalities_in(tab) == ["radiomics", "ct_deep"]
+
+
+def test_pca_summarises_an_embedding_modality_fitted_on_training_rows_only():
+    rng = np.random.default_rng(0)
+    n, d = 120, 64
+    latent = rng.normal(size=(n, 2))
+    emb = latent @ rng.normal(size=(2, d)) + 0.05 * rng.normal(size=(n, d))  # two directions + noise
+    tab = pd.DataFrame({"patient_id": [f"p{i}" for i in range(n)], "time_days": rng.uniform(100, 900, n),
+                        "event": rng.random(n) < 0.6, "has_ct_embedding": True,
+                        **{f"ct_embedding__emb_{j:03d}": emb[:, j] for j in range(d)}})
+    pre = Preprocessor(task="survival_cox", modalities=["ct_deep"], pca={"ct_deep": 4}).fit(tab.iloc[:80])
+    out = pre.transform(tab).features["ct_deep"]
+    assert out.shape == (n, 4) and pre.dims == {"ct_deep": 4}
+    assert pre.blocks_["ct_deep"].feature_names_ == ["pc1", "pc2", "pc3", "pc4"]
+    np.testing.assert_allclose(out[:80].std(axis=0, ddof=1), 1.0, atol=1e-4)  # whitened on the fit rows
+    # the two planted directions are the first two components: they explain the held-out rows too
+    from sklearn.linear_model import LinearRegression
+    assert LinearRegression().fit(out[80:, :2], latent[80:]).score(out[80:, :2], latent[80:]) > 0.99
+    assert pre.state()["ct_deep"]["pca_components"].shape == (4, d)
