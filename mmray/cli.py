@@ -443,16 +443,10 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 # --- entry point --------------------------------------------------------------
 
-
 # Modules that add their own subcommands: ``setup(sub)`` registers parsers (keep imports inside the run
 # functions so ``mmray --help`` stays fast).  One line per module keeps cli.py small.
-COMMAND_MODULES: tuple[str, ...] = (
-    "mmray.cli_env",
-    "mmray.cli_explain",
-    "mmray.cli_federated",
-    "mmray.cli_view",
-    "mmray.cli_pretrain",
-)
+COMMAND_MODULES: tuple[str, ...] = ("mmray.cli_env", "mmray.cli_explain", "mmray.cli_federated", "mmray.cli_view",
+                                     "mmray.cli_pretrain")
 
 
 def build_parser() -> argparse.ArgumentParser:
