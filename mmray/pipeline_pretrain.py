@@ -136,7 +136,7 @@ def _fold_scores(report) -> dict:
 
 def run_stage(run):
     """The stage (module doc): ``(status, detail, data, exit code)``."""
-    from mmray.train.pretrain.job import run_pretrain
+    from mmray.train.pretrain.job import run_pretrain, slide_features_encoder
 
     cfg = pretrain_config(run.cfg)
     _, compare = _own(run.cfg.pretrain)
@@ -146,7 +146,7 @@ def run_stage(run):
     compare_on = compare.enabled and "train" in run.cfg.stages and bool(compared_models(run.cfg.train_config(),
                                                                                           compare))
     if compare_on and before is not None:
-        enc = store.manifest(SLIDES_PATIENT, version=before)["params"].get("embed_key", {}).get("encoder_id", "")
+        enc = slide_features_encoder(store)
         if "@random-seed" in enc:  # the ingest's random encoder: the baseline, measured before it is replaced
             run.progress("    pretrain: slide-only cross-validation with the random encoder (baseline)")
             random_scores = {"version": before, "encoder_id": enc,

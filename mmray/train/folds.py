@@ -155,6 +155,10 @@ def inner_split(table: pd.DataFrame, *, val_fraction: float = 0.2, seed: int = 0
     k = max(2, round(1.0 / val_fraction))
     rows = table.assign(**{event_col: table[event_col].fillna(False).astype(bool)}) if event_col in table \
         else table.assign(**{event_col: False})
+    # a small training fold (a few patients) gets fewer, larger inner folds: stratification needs k members in
+    # at least one class (events or censored), and k >= 2
+    per_patient = rows.groupby(patient_col)[event_col].any()
+    k = max(2, min(k, int(per_patient.value_counts().max()), len(per_patient)))
     inner = make_folds(rows, n_folds=k, seed=seed, patient_col=patient_col, event_col=event_col, site_col=None)
     return split(table, inner, fold=0, patient_col=patient_col)
 

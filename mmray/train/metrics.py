@@ -130,7 +130,11 @@ def harrell_c(risk, *, time_days, event) -> float:
     """Harrell's concordance index; higher ``risk`` means earlier event."""
     t, e = check_survival(time_days, event)
     r = check_scores(risk, n=t.size)
-    return float(concordance_index_censored(e, t, r)[0])
+    try:
+        return float(concordance_index_censored(e, t, r)[0])
+    except ValueError as err:  # scikit-survival's NoComparablePairException: too few patients or events
+        raise DataError(f"Harrell's C is undefined here: {err} ({t.size} patient(s), {int(e.sum())} event(s))") \
+            from err
 
 
 def uno_c(risk, *, time_days, event, train_time_days, train_event, tau_days: float | None = None) -> float:

@@ -209,7 +209,7 @@ class Preprocessor:
                  top_k_var: Mapping[str, int] | None = None, screen: Mapping[str, dict] | None = None,
                  subtype_classes: Sequence[str] | None = None, pca: Mapping[str, int] | None = None):
         self.layout = layout or ModalityLayout()
-        self.task, self.modalities = task, tuple(modalities) if modalities else None
+        self.task, self.modalities = task, tuple(modalities) if modalities is not None else None  # (): bags only
         self.top_k_var = {"expression": 1000} if top_k_var is None else dict(top_k_var)
         self.screen = dict(screen or {})
         self.pca = dict(pca or {})
@@ -240,8 +240,8 @@ class Preprocessor:
 
     def fit(self, train: pd.DataFrame) -> Preprocessor:
         """Fit every modality block on the rows of ``train`` that have that modality."""
-        mods = self.modalities or tuple(self.layout.modalities_in(train))
-        if not mods:
+        mods = self.modalities if self.modalities is not None else tuple(self.layout.modalities_in(train))
+        if not mods and self.modalities is None:
             raise DataError(f"no modality columns found; expected prefixes like "
                             f"{[g + '__' for gs in self.layout.groups.values() for g in gs]}")
         time, event, sub = self._labels(train, fitting=True)

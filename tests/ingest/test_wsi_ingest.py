@@ -161,8 +161,9 @@ def test_ingest_resume_force_and_new_slides(cohort, tmp_path, capsys, caplog):
     assert {f.get("carried_from") for f in man["files"]} >= {"v0002", None}
     extra = store.read_bag("wsi_tiles", "EXTRA-DX9")
     assert (extra["event_time"] == UNDATED).all()  # no acquisition date: undated
-    np.testing.assert_array_equal(np.stack(extra.sort_values(["scale", "y", "x"])["embedding"].to_numpy()),
-                                  np.stack(first["embedding"].to_numpy()))  # same pixels, same embeddings
+    # same pixels, same embeddings (to float32 rounding: another batch composition, as with force above)
+    np.testing.assert_allclose(np.stack(extra.sort_values(["scale", "y", "x"])["embedding"].to_numpy()),
+                               np.stack(first["embedding"].to_numpy()), rtol=1e-5, atol=1e-6)
     slides3 = store.read_table("wsi_slide").set_index("slide_id")
     assert slides3.loc["EXTRA-DX9", "tiles_version"] == "v0003" and slides3.loc[sid, "tiles_version"] == "v0002"
     assert store.manifest("wsi_slide")["num_bags"] == len(good) + 1

@@ -160,10 +160,11 @@ def text_of(doc: Doc, sid: str) -> str:
 @pytest.mark.integration
 def test_every_section_is_filled_and_the_file_is_self_contained(run):
     doc = run["doc"]
-    want = ["overview", "failures", "leakage", "bias", "results", "ablation", "paired", "kaplan-meier", "multitask",
-            "gnn-ablation", "interpretation", "signatures", "extremum-heatmaps", "attention-heatmaps",
+    want = ["overview", "failures", "leakage", "bias", "results", "ablation", "paired", "encoders", "kaplan-meier",
+            "multitask", "gnn-ablation", "interpretation", "signatures", "extremum-heatmaps", "attention-heatmaps",
             "slide-overlays", "run", "serving"]
-    gnn = ("multitask", "gnn-ablation", "interpretation")  # this run has no fusion model: tests/train/test_gnn_pipeline.py
+    # this run has no graph model (tests/train/test_gnn_pipeline.py) and no pretrained encoder (tests/train/pretrain)
+    gnn = ("encoders", "multitask", "gnn-ablation", "interpretation")
     assert list(doc.sections) == want
     assert {s: v["status"] for s, v in doc.sections.items()} == {s: "missing" if s in gnn else "filled" for s in want}
     assert "ray_jobs/configs/gnn.yaml" in text_of(doc, "gnn-ablation")
@@ -389,8 +390,8 @@ def test_missing_inputs_say_which_command_makes_them(tmp_path):
     doc = parse(write_report(store, tmp_path / "r.html").read_text())
     status = {s: v["status"] for s, v in doc.sections.items()}
     assert status == {"overview": "filled", "failures": "filled", "leakage": "filled", "bias": "filled",
-                      "results": "missing", "ablation": "missing", "paired": "missing", "kaplan-meier": "missing",
-                      "multitask": "missing", "gnn-ablation": "missing", "interpretation": "missing",
+                      "results": "missing", "ablation": "missing", "paired": "missing", "encoders": "missing",
+                      "kaplan-meier": "missing", "multitask": "missing", "gnn-ablation": "missing", "interpretation": "missing",
                       "signatures": "missing", "extremum-heatmaps": "missing", "attention-heatmaps": "missing",
                       "slide-overlays": "missing"}
     for sid in ("results", "ablation", "paired", "kaplan-meier", "interpretation", "extremum-heatmaps",

@@ -180,6 +180,7 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainReport:
         report = PretrainReport(**{k: v for k, v in done.items() if k in {f.name for f in dataclasses.fields(
             PretrainReport)}})
         report.resumed = True
+        report.groups = {}  # what this call writes; the finished run's groups are in its pretrain.json
         log.info("pretrain: %s already holds a finished run with this config and these slides", output)
     else:
         init_ray(None)
@@ -194,7 +195,7 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainReport:
             slide_source.clean_scratch(scratch)
         if report.failures:
             store.record_failures("pretrain", report.failures)
-    if cfg.embed or cfg.region.enabled:
+    if (cfg.embed or cfg.region.enabled) and not (report.resumed and _embedded_with(store, report.encoder_id)):
         init_ray(None)
         _embed(cfg, report, store=store, patient_key=pkey)
     if cfg.region.enabled:
@@ -312,6 +313,24 @@ def encoder_section(cfg: PretrainConfig, report: PretrainReport) -> dict:
             "strict_weights": True}
 
 
+def slide_features_encoder(store) -> str:
+    """The encoder identity (``name@...``) the store's newest patient slide features were embedded with ("" when
+    there are none): ``wsi_patient`` records the ``wsi_slide`` version it pools, which records the embed key."""
+    patient = store.latest("wsi_patient")
+    if patient is None:
+        return ""
+    slides = store.manifest("wsi_patient", version=patient)["params"].get("slide_version")
+    if slides is None:
+        return ""
+    return store.manifest("wsi_slide", version=slides)["params"].get("embed_key", {}).get("encoder_id", "")
+
+
+def _embedded_with(store, encoder_id: str) -> bool:
+    """Whether the store's newest slide features were embedded with this encoder (a rerun has nothing to do:
+    the slides that failed then would only fail again, and they are in the failures table)."""
+    return slide_features_encoder(store) == encoder_id
+
+
 def _embed(cfg: PretrainConfig, report: PretrainReport, *, store, patient_key) -> None:
     """Embed the cohort's slides with the new encoder: new versions of the WSI groups (the WSI ingest)."""
     from mmray.cohort import load_cohort
@@ -325,5 +344,5 @@ def _embed(cfg: PretrainConfig, report: PretrainReport, *, store, patient_key) -
     rep = ingest_wsi(ctx)
     report.groups.update(rep.groups)
     if rep.failures:
-        store.record_failures("wsi", rep.failures)
-        report.notes.append(f"embedding: {len(rep.failures)} slide(s) failed (failures table, stage wsi)")
+        store.record_failures("pretrain-embed", rep.failures)
+        report.notes.append(f"embedding: {len(rep.failures)} slide(s) failed (failures table, stage pretrain-embed)")
