@@ -8,6 +8,12 @@ again, kill part way into stage 2; ... ; a last run completes. Each run must
 pick up where the killed one stopped (earlier stages skipped, the killed one
 redone), and the chain's store, folds, training results, registered models and
 report must equal the reference's.
+
+The ``pretrain`` stage is left out of both runs: DINO pretraining on Ray Data is not
+bit-reproducible from one run to the next (the tiles reach the trainer in the
+order Ray Data's tasks finish), so two runs would give different encoders and
+nothing downstream could be compared value for value. Its own kill-and-resume
+drill is tests/train/pretrain/test_dino_kill.py.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ import pandas as pd
 import pytest
 from drill_procs import CommandRun, Lingering, clean_env
 
-from mmray.pipeline import STAGES
+from mmray.pipeline import STAGES as ALL_STAGES
 from mmray.store import FeatureStore
+
+STAGES = tuple(s for s in ALL_STAGES if s != "pretrain")  # see the module doc
 
 pytestmark = [pytest.mark.integration, pytest.mark.drill, pytest.mark.slow, pytest.mark.timeout(3600)]
 REPO = Path(__file__).resolve().parents[1]
@@ -92,7 +100,8 @@ def _line_time(run: CommandRun, line: str) -> float:
 
 
 def _args(root: Path, port: int) -> list[str]:
-    return ["pipeline", "--config", TINY, f"store={root}/store", f"synth.out={root}/cohort", f"serve.port={port}"]
+    return ["pipeline", "--config", TINY, f"store={root}/store", f"synth.out={root}/cohort", f"serve.port={port}",
+            f"stages=[{', '.join(STAGES)}]"]
 
 
 # --------------------------------------------------------------------------- comparing two stores

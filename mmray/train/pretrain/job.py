@@ -267,7 +267,7 @@ def _train(cfg: PretrainConfig, *, store, slides, spec, limits, source, label_of
                            shuffle_buffer_rows=d.shuffle_buffer_batches * dino.batch_size, on_epoch=on_epoch,
                            name=f"pretrain {cfg.name}")
     ds = pixel_dataset(sample.train, tile_px=spec.tile_px, source=source, block_rows=d.read_batch_size,
-                       num_cpus=d.read_num_cpus, concurrency=d.read_concurrency, cache=d.cache)
+                       num_cpus=d.read_num_cpus, concurrency=d.read_concurrency, cache=d.cache, seed=d.seed)
     workdir = Path(cfg.workdir or (uri_mod.join(output, "runs") if not uri_mod.is_s3(output)
                                    else Path("mmray_work") / f"{cfg.name}-{key}"))
     log.info("pretrain: DINO %s, %d epoch(s) x %d step(s) of %d on %d worker(s) over %d tiles of %d slide(s)",

@@ -120,8 +120,9 @@ def read_tile_pixels(batch: dict[str, np.ndarray], *, canvas_px: int, source: So
 
 def pixel_dataset(rows: pd.DataFrame, *, tile_px: int, source: Source, block_rows: int = 32,
                   num_cpus: float = 1.0, concurrency: int | None = None, shuffle_blocks: bool = True,
-                  keep: tuple[str, ...] = (), cache: bool = False):
-    """A Ray Dataset of ``pixels`` (uint8 ``[tile_px, tile_px, 3]``) read from ``rows`` (module doc)."""
+                  keep: tuple[str, ...] = (), cache: bool = False, seed: int | None = None):
+    """A Ray Dataset of ``pixels`` (uint8 ``[tile_px, tile_px, 3]``) read from ``rows`` (module doc); ``seed``
+    fixes the shuffled block order (Ray Data may still deliver finished blocks in another order)."""
     import ray.data
 
     blocks = []
@@ -132,7 +133,7 @@ def pixel_dataset(rows: pd.DataFrame, *, tile_px: int, source: Source, block_row
         blocks = [rows.reset_index(drop=True)]
     ds = ray.data.from_pandas(blocks)
     if shuffle_blocks:
-        ds = ds.randomize_block_order()
+        ds = ds.randomize_block_order(seed=seed)
     ds = ds.map_batches(read_tile_pixels, batch_size=None, batch_format="numpy", num_cpus=num_cpus,
                         concurrency=concurrency, fn_kwargs={"canvas_px": tile_px, "source": source, "keep": keep})
     return ds.materialize() if cache else ds
