@@ -111,6 +111,7 @@ def _run(spec_file, store, *, force=False, **deep):
     return report
 
 
+@pytest.mark.e2e  # three ingests with Ray (45 s): in test-e2e, to keep make test inside its budget
 def test_reruns_reuse_rows_by_study_content_and_weights_give_the_identity(cohort, tmp_path):
     root, studies = cohort
     good = [s for i, s in enumerate(studies) if i != 2]
