@@ -181,24 +181,30 @@ def ingest_ct(ctx, *, on_result: Callable[[dict], None] | None = None) -> Modali
 
 
 def _write(store, report: ModalityReport, *, rows: list[dict], sources: list[dict], previous, settings) -> None:
-    if not rows:
-        report.notes.append(f"no CT study succeeded; no {GROUP} version written")
-        return
-    unchanged = (report.n_done == 0 and previous is not None
-                 and sorted(previous["patient_id"]) == sorted(r["patient_id"] for r in rows))
-    if unchanged:
-        report.notes.append(f"{GROUP}@{store.latest(GROUP)} is up to date ({report.n_skipped} studies); "
-                            f"no new version written")
-        return
-    frame = pd.DataFrame(rows)
     params = {"params_hash": settings.params_hash, "pyradiomics_version": pyradiomics_version(),
               "radiomics_params": settings.params, "segment_labels": list(settings.segment_labels),
               "hu_dtype": settings.hu_dtype, "write_nifti": settings.write_nifti,
               "nifti_dir": NIFTI_DIR if settings.write_nifti else None,
               "uids": "study/series UIDs stored as sha256 of their pseudonym (study_key, *_series_key)",
-              "event_time": "StudyDate of the latest CT+SEG study per patient (UNDATED when absent)",
-              "computed": report.n_done, "reused": report.n_skipped}
-    report.groups[GROUP] = store.write_table(GROUP, frame, sources=sources, params=params)
+              "event_time": "StudyDate of the latest CT+SEG study per patient (UNDATED when absent)"}
+    write_patient_rows(store, report, group=GROUP, rows=rows, sources=sources, previous=previous, params=params)
+
+
+def write_patient_rows(store, report: ModalityReport, *, group: str, rows: list[dict], sources: list[dict],
+                       previous, params: dict) -> None:
+    """One row per patient into a new version of ``group`` (radiomics, ct_embedding), unless no study succeeded
+    or nothing changed since ``previous`` (the latest version's table); notes in ``report`` say which."""
+    if not rows:
+        report.notes.append(f"no CT study succeeded; no {group} version written")
+        return
+    unchanged = (report.n_done == 0 and previous is not None
+                 and sorted(previous["patient_id"]) == sorted(r["patient_id"] for r in rows))
+    if unchanged:
+        report.notes.append(f"{group}@{store.latest(group)} is up to date ({report.n_skipped} studies); "
+                            f"no new version written")
+        return
+    params = params | {"computed": report.n_done, "reused": report.n_skipped}
+    report.groups[group] = store.write_table(group, pd.DataFrame(rows), sources=sources, params=params)
 
 
 def run_tasks(jobs: list[PatientJob], settings: StudySettings, *, patient_key, store_uri: str,

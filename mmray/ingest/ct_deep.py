@@ -39,7 +39,7 @@ from mmray.errors import StoreError
 from mmray.features.ct_encoder import embedding_dataset, embedding_dim, resolve
 from mmray.features.tile_pipeline import pipeline_context
 from mmray.ingest.ct import CONFIG as CT_CONFIG
-from mmray.ingest.ct import CtConfig, patient_jobs, settings_for
+from mmray.ingest.ct import CtConfig, patient_jobs, settings_for, write_patient_rows
 from mmray.ingest.ct_source import crop_dataset, deep_hash, deep_signature
 from mmray.ingest.ct_study import PatientJob
 from mmray.ingest.report import ModalityReport
@@ -158,20 +158,5 @@ def ingest_ct_deep(ctx) -> ModalityReport:
               "ssl": ssl_info and {k: v for k, v in ssl_info.items() if k != "notes"},
               "uids": "study/series UIDs stored as sha256 of their pseudonym (study_key, *_series_key)",
               "event_time": "StudyDate of the latest CT+SEG study per patient (UNDATED when absent)"}
-    _write(ctx.store, report, rows=rows, sources=sources, previous=previous, params=params)
+    write_patient_rows(ctx.store, report, group=GROUP, rows=rows, sources=sources, previous=previous, params=params)
     return report
-
-
-def _write(store, report: ModalityReport, *, rows: list[dict], sources: list[dict], previous, params: dict) -> None:
-    if not rows:
-        report.notes.append(f"no CT study succeeded; no {GROUP} version written")
-        return
-    unchanged = (report.n_done == 0 and previous is not None
-                 and sorted(previous["patient_id"]) == sorted(r["patient_id"] for r in rows))
-    if unchanged:
-        report.notes.append(f"{GROUP}@{store.latest(GROUP)} is up to date ({report.n_skipped} studies); "
-                            f"no new version written")
-        return
-    frame = pd.DataFrame(rows)
-    params = params | {"computed": report.n_done, "reused": report.n_skipped}
-    report.groups[GROUP] = store.write_table(GROUP, frame, sources=sources, params=params)
