@@ -43,7 +43,7 @@ class Labels:
     notes: list[str] = field(default_factory=list)
 
 
-def _same(a: str, b: str) -> bool:
+def same_value(a: str, b: str) -> bool:
     """Text equality, with numbers compared as numbers (``1`` == ``1.0``)."""
     a, b = str(a).strip(), str(b).strip()
     if a == b:
@@ -52,6 +52,25 @@ def _same(a: str, b: str) -> bool:
         return float(a) == float(b)
     except ValueError:
         return False
+
+
+def coded_labels(cells: pd.Series, *, classes, missing_values, notes: list[str], what: str, classes_key: str,
+                 column: str) -> tuple[pd.Series, pd.arrays.IntegerArray, dict[str, int]]:
+    """A categorical label as ``(text, Int64 class index, {class: index})``: classes in ``classes`` order when
+    given (other values become null, noted), else the present values sorted as text; missing cells null."""
+    raw = cells.astype(str).str.strip()
+    present = ~missing_mask(raw, missing_values)
+    mapping = {c: k for k, c in enumerate(list(classes) or sorted(raw[present].unique()))}
+    unknown = present & ~raw.isin(mapping).to_numpy()
+    if unknown.any():
+        notes.append(f"{int(unknown.sum())} {what} value(s) not in {classes_key} "
+                     f"({sorted(set(raw[unknown]))[:5]}): {what} left null")
+    if (~present).any():
+        notes.append(f"{int((~present).sum())} patient(s) have no {what} ({column!r} missing)")
+    ok = present & ~unknown
+    text = pd.Series(np.where(ok, raw, None), index=cells.index, dtype=object)
+    codes = pd.array([mapping[v] if k else None for v, k in zip(raw, ok)], dtype="Int64")
+    return text, codes, mapping
 
 
 def build_labels(table: TextTable, *, spec: LabelsSpec, missing_values, subtype_classes=()) -> Labels:
@@ -108,23 +127,12 @@ def build_labels(table: TextTable, *, spec: LabelsSpec, missing_values, subtype_
             labels.notes.append(f"{int(zero.sum())} patient(s) have {col} = 0 (event or censoring on the index "
                                 f"date); survival models that need times > 0 will refuse them")
         out["time_days"] = times.to_numpy(dtype=np.float64)
-        out["event"] = np.array([1 if _same(v, spec.event_value) else 0 for v in raw_e], dtype=np.int8)
+        out["event"] = np.array([1 if same_value(v, spec.event_value) else 0 for v in raw_e], dtype=np.int8)
 
     if spec.subtype:
-        raw_s = frame[spec.subtype].astype(str).str.strip()
-        s_present = ~missing_mask(raw_s, missing_values)
-        classes = list(subtype_classes) or sorted(raw_s[s_present].unique())
-        mapping = {c: k for k, c in enumerate(classes)}
-        unknown = s_present & ~raw_s.isin(mapping).to_numpy()
-        if unknown.any():
-            labels.notes.append(f"{int(unknown.sum())} subtype value(s) not in tables.clinical.subtype_classes "
-                                f"({sorted(set(raw_s[unknown]))[:5]}): subtype left null")
-        if (~s_present).any():
-            labels.notes.append(f"{int((~s_present).sum())} patient(s) have no subtype ({spec.subtype!r} missing)")
-        ok = s_present & ~unknown
-        out["subtype"] = pd.Series(np.where(ok, raw_s, None), index=frame.index, dtype=object)
-        out["subtype_code"] = pd.array([mapping[v] if k else None for v, k in zip(raw_s, ok)], dtype="Int64")
-        labels.subtype_mapping = mapping
+        out["subtype"], out["subtype_code"], labels.subtype_mapping = coded_labels(
+            frame[spec.subtype], classes=subtype_classes, missing_values=missing_values, notes=labels.notes,
+            what="subtype", classes_key="tables.clinical.subtype_classes", column=spec.subtype)
     if spec.response or spec.toxicity:
         from mmray.features.labels_treatment import treatment_labels
 
@@ -139,11 +147,11 @@ def _check_event_column(values: pd.Series, *, table: TextTable, column: str, eve
     if counts.empty:
         raise CohortError(f"{where}: every value is missing; the event column must say whether the event happened")
     shown = ", ".join(f"{v!r} ({c} rows)" for v, c in counts.items())
-    if not any(_same(v, event_value) for v in counts.index):
+    if not any(same_value(v, event_value) for v in counts.index):
         raise CohortError(f"{where}: labels.event_value {event_value!r} matches no value; the column holds "
                           f"{shown}; set labels.event_value to the value that means the event happened")
     if len(counts) > 2:
-        others = [v for v in counts.index if not _same(v, event_value)]
+        others = [v for v in counts.index if not same_value(v, event_value)]
         rows = [int(table.lines[i]) for i in values.index[values.isin(others[1:]).to_numpy()]][:10]
         raise CohortError(f"{where}: {len(counts)} different values ({shown}); expected two, the event value "
                           f"{event_value!r} and one censoring value (e.g. lines {rows} hold the extra ones); "

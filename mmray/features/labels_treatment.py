@@ -16,48 +16,27 @@ labels stay usable, and a multi-task model skips the missing ones.
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from mmray.errors import CohortError
 from mmray.features.clinical import missing_mask
+from mmray.features.labels import coded_labels, same_value
 
 TOXICITY_PREFIX = "toxicity_"
-
-
-def _same(a, b) -> bool:
-    a, b = str(a).strip(), str(b).strip()
-    if a == b:
-        return True
-    try:
-        return float(a) == float(b)
-    except ValueError:
-        return False
 
 
 def treatment_labels(frame: pd.DataFrame, out: pd.DataFrame, *, spec, missing_values, labels, table) -> None:
     """Add the response and toxicity columns of ``spec`` to ``out`` (rows of ``frame``), in place."""
     if spec.response:
-        raw = frame[spec.response].astype(str).str.strip()
-        present = ~missing_mask(raw, missing_values)
-        classes = list(spec.response_classes) or sorted(raw[present].unique())
-        mapping = {c: k for k, c in enumerate(classes)}
-        unknown = present & ~raw.isin(mapping).to_numpy()
-        if unknown.any():
-            labels.notes.append(f"{int(unknown.sum())} response value(s) not in labels.response_classes "
-                                f"({sorted(set(raw[unknown]))[:5]}): response left null")
-        if (~present).any():
-            labels.notes.append(f"{int((~present).sum())} patient(s) have no response ({spec.response!r} missing)")
-        ok = present & ~unknown
-        out["response"] = pd.Series(np.where(ok, raw, None), index=frame.index, dtype=object)
-        out["response_code"] = pd.array([mapping[v] if k else None for v, k in zip(raw, ok)], dtype="Int64")
-        labels.response_mapping = mapping
+        out["response"], out["response_code"], labels.response_mapping = coded_labels(
+            frame[spec.response], classes=spec.response_classes, missing_values=missing_values, notes=labels.notes,
+            what="response", classes_key="labels.response_classes", column=spec.response)
     for col in spec.toxicity:
         raw = frame[col].astype(str).str.strip()
         present = ~missing_mask(raw, missing_values)
         values = sorted(set(raw[present]))
         where = f"{table.name}, column {col!r} (labels.toxicity)"
-        if not any(_same(v, spec.toxicity_value) for v in values):
+        if not any(same_value(v, spec.toxicity_value) for v in values):
             raise CohortError(f"{where}: labels.toxicity_value {spec.toxicity_value!r} matches no value (the "
                               f"column holds {values[:6]}); set labels.toxicity_value to the value that means "
                               f"the toxicity happened")
@@ -65,7 +44,7 @@ def treatment_labels(frame: pd.DataFrame, out: pd.DataFrame, *, spec, missing_va
             raise CohortError(f"{where}: {len(values)} different values {values[:6]}; a toxicity column is binary "
                               f"({spec.toxicity_value!r} and one other value); list extra values in "
                               f"tables.clinical.missing_values")
-        hit = [1 if _same(v, spec.toxicity_value) else 0 for v in raw]
+        hit = [1 if same_value(v, spec.toxicity_value) else 0 for v in raw]
         out[TOXICITY_PREFIX + col] = pd.array([h if p else None for h, p in zip(hit, present)], dtype="Int8")
         if (~present).any():
             labels.notes.append(f"{int((~present).sum())} patient(s) have no {col!r} (toxicity label) value")
