@@ -145,17 +145,17 @@ class TileReader:
             tile_filter = self.store.manifest("wsi_slide", version=slides)["params"].get("tile_filter") \
                 if slides else None
         self.tile_filter = tile_filter if {"x", "y"} <= set(names) else None
-        self._kept: dict[str, set | None] = {}
+        self._kept: tuple[str, set | None] | None = None  # the bag being sampled: bags are read one at a time
 
     def _keeps(self, bag, batch) -> np.ndarray:
         """Which rows of a record batch of ``bag`` the tumour-tile filter keeps (all when it never scored it)."""
         from mmray.ingest.wsi_tumour import kept_tiles
 
         bag = str(bag)
-        if bag not in self._kept:
-            self._kept[bag] = kept_tiles(self.store, bag, version=self.tile_filter["version"],
-                                         threshold=self.tile_filter["threshold"])
-        kept, n = self._kept[bag], batch.num_rows
+        if self._kept is None or self._kept[0] != bag:
+            self._kept = (bag, kept_tiles(self.store, bag, version=self.tile_filter["version"],
+                                          threshold=self.tile_filter["threshold"]))
+        kept, n = self._kept[1], batch.num_rows
         if kept is None:
             return np.ones(n, bool)
         names = batch.schema.names

@@ -126,6 +126,31 @@ def test_tumour_filter_scores_every_tile_out_of_fold_and_filters_the_aggregates(
     assert store.manifest("wsi_nuclei_slide")["params"]["tumour_version"] == man["version"]
 
 
+def test_mil_bags_are_sampled_from_the_tiles_the_filter_keeps(ingested):
+    from mmray.train.data import TileReader
+
+    store = ingested.store
+    thr = store.manifest("wsi_tumour")["params"]["threshold"]
+    tum = store.read_table("wsi_tumour")
+    tum = tum[tum["scale"] == "tile"]
+    everything = TileReader(store=store.uri, max_tiles=None, tile_filter=None, extra_columns=("x", "y"))
+    filtered = TileReader(store=store.uri, max_tiles=None, extra_columns=("x", "y"))  # "auto": the store's filter
+    assert filtered.tile_filter and filtered.tile_filter["threshold"] == thr
+    checked = 0
+    for sid, g in tum.groupby("slide_id"):
+        hit = g[g["tumour_probability"] >= thr]
+        passing = set(zip(hit["x"].astype(int), hit["y"].astype(int)))
+        got = filtered.read_sample("p", [sid])
+        whole = everything.read_sample("p", [sid])
+        kept = set(zip(got["x"].astype(int), got["y"].astype(int)))
+        assert kept == (passing or set(zip(whole["x"].astype(int), whole["y"].astype(int))))
+        checked += bool(passing) and len(passing) < len(g)
+        # a sample is drawn among the kept tiles only
+        few = TileReader(store=store.uri, max_tiles=3, extra_columns=("x", "y")).read_sample("p", [sid])
+        assert len(few["x"]) == min(3, len(kept)) and set(zip(few["x"].astype(int), few["y"].astype(int))) <= kept
+    assert checked  # at least one slide where the filter dropped some tiles
+
+
 def test_rerun_writes_nothing_and_the_report_says_what_ran(ingested):
     assert {"wsi_tiles", "wsi_nuclei", "wsi_tumour", "wsi_slide", "wsi_patient"} <= set(ingested.report.groups)
     assert not {"wsi_tiles", "wsi_nuclei", "wsi_tumour", "wsi_slide"} & set(ingested.again.groups)
